@@ -1,0 +1,50 @@
+"""MONAI datalist JSON with a seeded train/validation/test split of case folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+#: Keys of the datalist's sections, as `monai.data.load_decathlon_datalist` reads them.
+SPLITS = ("training", "validation", "test")
+
+
+def split_cases(cases: list[str], seed: int, val_fraction: float, test_fraction: float) -> dict[str, list[str]]:
+    """Shuffle `cases` with `seed` and cut them into test, validation and training lists.
+
+    Test and validation each get at least one case when there are three cases or more, so a
+    small data set still validates; the rest trains.
+    """
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {value}")
+    if val_fraction + test_fraction >= 1.0:
+        raise ValueError(f"val_fraction + test_fraction must be below 1, got {val_fraction + test_fraction}")
+    order = [cases[i] for i in np.random.default_rng(seed).permutation(len(cases))]
+    at_least = 1 if len(cases) >= 3 else 0
+    n_test = max(at_least if test_fraction > 0 else 0, int(round(test_fraction * len(cases))))
+    n_val = max(at_least if val_fraction > 0 else 0, int(round(val_fraction * len(cases))))
+    return {
+        "test": sorted(order[:n_test]),
+        "validation": sorted(order[n_test : n_test + n_val]),
+        "training": sorted(order[n_test + n_val :]),
+    }
+
+
+def write_datalist(
+    root: Path, cases: list[str], seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.05
+) -> Path:
+    """Write `root/datalist.json`: per split, entries `{"image": "<case>/ct.nii.gz", "label": ..., "case": ...}`.
+
+    Paths are relative to `root`, so the data set folder can move.
+    """
+    splits = split_cases(cases, seed, val_fraction, test_fraction)
+    datalist = {
+        split: [{"case": c, "image": f"{c}/ct.nii.gz", "label": f"{c}/label.nii.gz"} for c in splits[split]]
+        for split in SPLITS
+    }
+    path = Path(root) / "datalist.json"
+    path.write_text(json.dumps(datalist, indent=2) + "\n")
+    return path

@@ -1,0 +1,48 @@
+"""Rebuild trained networks from their self-describing weight files (see `scripts.checkpoint`)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
+
+from scripts.checkpoint import load_checkpoint
+
+logger = logging.getLogger(__name__)
+
+#: Names of the weight files a model folder holds, and of their entries.
+AUTOENCODER_FILE, DIFFUSION_FILE = "autoencoder.pt", "diffusion.pt"
+
+
+def _frozen(network: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
+    network.to(device).eval()
+    for p in network.parameters():
+        p.requires_grad_(False)
+    return network
+
+
+def load_autoencoder(path: str | Path, device: torch.device | str = "cpu") -> AutoencoderKL:
+    """The AutoencoderKL stored at `path` (keys `autoencoder`, `autoencoder_record`), frozen, in eval mode."""
+    checkpoint = load_checkpoint(path, ("autoencoder", "autoencoder_record"))
+    network = AutoencoderKL(**checkpoint["autoencoder_record"]["network"])
+    network.load_state_dict(checkpoint["autoencoder"])
+    return _frozen(network, device)
+
+
+def load_diffusion(path: str | Path, device: torch.device | str = "cpu") -> tuple[DiffusionModelUNet, dict]:
+    """The diffusion U-Net stored at `path`, frozen, and its record (scale factor, latent shape, schedule, grid)."""
+    checkpoint = load_checkpoint(path, ("diffusion", "diffusion_record"))
+    record = checkpoint["diffusion_record"]
+    network = DiffusionModelUNet(**record["network"])
+    network.load_state_dict(checkpoint["diffusion"])
+    return _frozen(network, device), record
+
+
+def default_model_dir(bundle_root: str | Path) -> Path:
+    """`models/` once it holds a trained autoencoder and diffusion model, else the shipped `models/demo/`."""
+    trained = Path(bundle_root) / "models"
+    chosen = trained if all((trained / f).is_file() for f in (AUTOENCODER_FILE, DIFFUSION_FILE)) else trained / "demo"
+    logger.info("using the weights in %s", chosen)
+    return chosen

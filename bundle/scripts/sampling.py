@@ -1,0 +1,125 @@
+"""Sampling synthetic CTs: reverse diffusion in latent space, decoding, and writing NIfTI plus a preview.
+
+Every sample has its own seed (`seed + index`) and its own random generator, so a sample is the
+same whatever the batch size or the number of samples asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
+from tqdm import tqdm
+
+from scripts.preview import save_preview
+from scripts.volumes import centred_affine, check_writable, to_hu, write_nifti
+
+logger = logging.getLogger(__name__)
+
+SCHEDULERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}
+
+
+def make_scheduler(sampler: str, noise_schedule: dict, num_inference_steps: int) -> Scheduler:
+    """The scheduler `sampler` on the noise schedule the model was trained with, set to `num_inference_steps`."""
+    if sampler not in SCHEDULERS:
+        raise ValueError(f"sampler must be one of {sorted(SCHEDULERS)}, got {sampler!r}")
+    train_steps = int(noise_schedule["num_train_timesteps"])
+    if not 1 <= int(num_inference_steps) <= train_steps:
+        raise ValueError(f"num_inference_steps must be between 1 and {train_steps}, got {num_inference_steps}")
+    scheduler = SCHEDULERS[sampler](**noise_schedule)
+    scheduler.set_timesteps(int(num_inference_steps))
+    return scheduler
+
+
+@torch.no_grad()
+def denoise(
+    unet: torch.nn.Module, scheduler: Scheduler, noise: torch.Tensor, generators: list[torch.Generator], progress: bool = True
+) -> torch.Tensor:
+    """Run the reverse process from `noise`; sample j draws its step noise from `generators[j]`."""
+    latents = noise
+    for t in tqdm(scheduler.timesteps, desc="denoising", unit="step", disable=not progress):
+        timesteps = torch.full((latents.shape[0],), int(t), device=latents.device, dtype=torch.long)
+        eps = unet(latents, timesteps=timesteps)
+        latents = torch.cat(
+            [scheduler.step(eps[j : j + 1], int(t), latents[j : j + 1], generator=g)[0] for j, g in enumerate(generators)]
+        )
+    return latents
+
+
+class LatentDiffusionSampler:
+    """Generates CT volumes in HU from a trained autoencoder and diffusion U-Net.
+
+    Args:
+        autoencoder: the frozen AutoencoderKL.
+        unet: the frozen DiffusionModelUNet.
+        record: the diffusion checkpoint's record (scale factor, latent shape, schedule, grid, HU window).
+        sampler: `ddim` (fast, the default) or `ddpm` (the thesis' 1000-step sampler).
+        num_inference_steps: reverse steps; DDPM uses as many as it was trained with.
+        device: where to sample.
+    """
+
+    def __init__(
+        self,
+        autoencoder: torch.nn.Module,
+        unet: torch.nn.Module,
+        record: dict,
+        sampler: str = "ddim",
+        num_inference_steps: int = 50,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if sampler == "ddpm" and num_inference_steps != record["noise_schedule"]["num_train_timesteps"]:
+            logger.info("ddpm samples with all %d training steps", record["noise_schedule"]["num_train_timesteps"])
+            num_inference_steps = record["noise_schedule"]["num_train_timesteps"]
+        self.scheduler = make_scheduler(sampler, record["noise_schedule"], num_inference_steps)
+        self.autoencoder, self.unet, self.record, self.device = autoencoder, unet, record, torch.device(device)
+
+    @property
+    def spacing(self) -> list[float]:
+        return list(self.record["image_spacing_mm"])
+
+    def _generator(self, seed: int) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(int(seed))
+
+    @torch.no_grad()
+    def sample(self, seeds: list[int]) -> list[np.ndarray]:
+        """One HU volume (int16, RAS) per seed, generated as one batch."""
+        generators = [self._generator(s) for s in seeds]
+        shape = tuple(self.record["latent_shape"])
+        noise = torch.cat([torch.randn((1, *shape), generator=g, device=self.device) for g in generators])
+        return self.decode(denoise(self.unet, self.scheduler, noise, generators))
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> list[np.ndarray]:
+        """HU volumes from scaled latents: undo the training scale factor, then decode."""
+        images = self.autoencoder.decode_stage_2_outputs(latents / self.record["scale_factor"])
+        return [to_hu(image[0], self.record["hu_window"]) for image in images]
+
+
+def write_samples(
+    sampler: LatentDiffusionSampler,
+    output_dir: str,
+    num_samples: int = 1,
+    seed: int = 0,
+    batch_size: int = 1,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Generate `num_samples` CTs with seeds `seed, seed+1, ...` into `output_dir` as `sample_seed<N>_ct.nii.gz` + `.png`."""
+    for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
+        if int(value) < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    out = Path(output_dir)
+    seeds = [int(seed) + i for i in range(int(num_samples))]
+    names = {s: f"sample_seed{s}" for s in seeds}
+    check_writable([out / f"{n}_ct.nii.gz" for n in names.values()], overwrite)
+    written = []
+    for start in tqdm(range(0, len(seeds), int(batch_size)), desc="samples", unit="batch"):
+        batch = seeds[start : start + int(batch_size)]
+        for s, hu in zip(batch, sampler.sample(batch)):
+            path = write_nifti(hu, centred_affine(hu.shape, sampler.spacing), out / f"{names[s]}_ct.nii.gz")
+            save_preview(hu, sampler.spacing, out / f"{names[s]}.png", title=names[s])
+            written.append(path)
+    logger.info("wrote %d synthetic CTs to %s", len(written), out.resolve())
+    return written

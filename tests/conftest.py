@@ -1,0 +1,84 @@
+"""Shared fixtures: tiny phantom data and tiny trained models, built once per test session with the real configs."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+
+BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
+sys.path.insert(0, str(BUNDLE))
+
+#: Overrides that shrink the demo configuration so each stage trains in seconds on a CPU.
+TINY = {
+    "image_size": [32, 32, 32],
+    "autoencoder_channels": [8, 16, 16],
+    "autoencoder_norm_num_groups": 8,
+    "discriminator_channels": 8,
+    "diffusion_channels": [16, 32, 32],
+    "diffusion_norm_num_groups": 8,
+    "diffusion_num_head_channels": [0, 16, 16],
+    "batch_size": 2,
+    "num_workers": 0,
+    "val_interval": 1,
+}
+
+
+def run_bundle(configs: list[str], overrides: dict, cwd: Path = BUNDLE, check: bool = True) -> subprocess.CompletedProcess:
+    """Run `python -m monai.bundle run` from the bundle folder, as a user would; returns the finished process."""
+    config_file = "[" + ",".join(f"'configs/{c}'" for c in configs) + "]"
+    args = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_file]
+    for key, value in overrides.items():
+        args += [f"--{key}", repr(value) if isinstance(value, (list, bool)) else str(value)]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
+    return done
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(tmp_path_factory) -> Path:
+    """Four 32-voxel phantoms with their datalist (two train, one validation, one test)."""
+    from scripts.phantoms import write_phantoms
+
+    root = tmp_path_factory.mktemp("phantoms")
+    write_phantoms(str(root), n=4, size=32, seed=0)
+    return root
+
+
+def train_in_process(configs: list[str], network_id: str, overrides: dict) -> dict[str, torch.Tensor]:
+    """Run a training workflow in this process; returns the network's weights from before training."""
+    cwd = os.getcwd()
+    os.chdir(BUNDLE)  # the configs import configs/common.json relative to the bundle folder
+    try:
+        workflow = ConfigWorkflow(config_file=[f"configs/{c}" for c in configs], workflow_type=None, **overrides)
+        workflow.initialize()
+        initial = copy.deepcopy(workflow.parser.get_parsed_content(network_id).state_dict())
+        workflow.run()
+        workflow.finalize()
+    finally:
+        os.chdir(cwd)
+    return initial
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, phantom_dir) -> SimpleNamespace:
+    """An autoencoder (two epochs, the second adversarial) and a diffusion model (three epochs) trained on the phantoms.
+
+    Holds `dir` (the checkpoint folder) and the networks' weights from before training.
+    """
+    ckpt = tmp_path_factory.mktemp("models")
+    common = {**TINY, "dataset_dir": str(phantom_dir), "ckpt_dir": str(ckpt), "log_dir": str(ckpt / "logs")}
+    autoencoder = train_in_process(
+        ["train_autoencoder.json", "demo.json"], "autoencoder", {**common, "max_epochs": 2, "adversarial_warmup_epochs": 1}
+    )
+    diffusion = train_in_process(["train_diffusion.json", "demo.json"], "diffusion", {**common, "max_epochs": 3})
+    return SimpleNamespace(dir=ckpt, initial_autoencoder=autoencoder, initial_diffusion=diffusion)

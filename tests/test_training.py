@@ -1,0 +1,106 @@
+"""Training stages through `python -m monai.bundle run`: weights change, checkpoints describe themselves, runs resume."""
+
+import re
+
+import pytest
+import torch
+from conftest import TINY, run_bundle
+from scripts.checkpoint import ResumeFromCheckpoint, training_checkpoints
+from scripts.latents import SampleLatentd, scale_factor
+from scripts.networks import load_autoencoder, load_diffusion
+
+
+def _changed(trained_weights: dict, initial: dict) -> float:
+    """Fraction of floating-point tensors that training changed."""
+    floats = [k for k, v in initial.items() if v.is_floating_point()]
+    return sum(not torch.equal(trained_weights[k].cpu(), initial[k].cpu()) for k in floats) / len(floats)
+
+
+def test_autoencoder_trains_and_its_checkpoint_rebuilds_it(trained):
+    autoencoder = load_autoencoder(trained.dir / "autoencoder.pt")
+    record = torch.load(trained.dir / "autoencoder.pt", weights_only=True)["autoencoder_record"]
+    assert record["network"]["channels"] == TINY["autoencoder_channels"]
+    assert record["image_size"] == TINY["image_size"] and record["hu_window"] == [-1000, 1000]
+    assert record["image_spacing_mm"] == [448.0 / 32, 448.0 / 32, 352.0 / 32]
+    assert _changed(autoencoder.state_dict(), trained.initial_autoencoder) > 0.9
+
+
+def test_training_state_checkpoint_holds_optimizers_and_discriminator(trained):
+    (latest,) = training_checkpoints(trained.dir, "autoencoder")
+    assert latest.name == "autoencoder_checkpoint_epoch=2.pt"
+    state = torch.load(latest, map_location="cpu", weights_only=True)
+    assert set(state) == {"autoencoder", "discriminator", "g_optimizer", "d_optimizer", "trainer"}
+    assert state["trainer"]["iteration"] == 2 * state["trainer"]["epoch_length"]
+    assert len(state["d_optimizer"]["state"]) > 0, "the discriminator trained in the adversarial epoch"
+
+
+def test_diffusion_trains_and_records_scale_factor_and_schedule(trained):
+    unet, record = load_diffusion(trained.dir / "diffusion.pt")
+    assert _changed(unet.state_dict(), trained.initial_diffusion) > 0.9
+    assert record["latent_shape"] == [3, 8, 8, 8]
+    assert record["noise_schedule"]["clip_sample"] is False
+    assert 0.05 < record["scale_factor"] < 50.0
+    (latest,) = training_checkpoints(trained.dir, "diffusion")
+    state = torch.load(latest, map_location="cpu", weights_only=True)
+    assert state["trainer"]["iteration"] == 3 * state["trainer"]["epoch_length"]
+    assert set(state) == {"diffusion", "optimizer", "trainer"}
+
+
+def test_scaled_latents_have_unit_variance():
+    torch.manual_seed(123)
+    latents = [{"z_mu": 4.0 * torch.randn(3, 6, 6, 6), "z_sigma": torch.full((3, 6, 6, 6), 0.5)} for _ in range(8)]
+    factor = scale_factor(latents)
+    sampler = SampleLatentd(scale_factor=factor)
+    sampler.set_random_state(0)
+    z = torch.stack([sampler(d)["image"] for d in latents])
+    assert abs(float(z.std()) - 1.0) < 0.05
+
+
+def test_resume_continues_at_the_next_epoch_and_skips_broken_checkpoints(tmp_path, phantom_dir):
+    common = {
+        **TINY,
+        "dataset_dir": str(phantom_dir),
+        "ckpt_dir": str(tmp_path),
+        "log_dir": str(tmp_path / "logs"),
+        "adversarial_warmup_epochs": 0,
+        "val_interval": 5,
+    }
+    run_bundle(["train_autoencoder.json", "demo.json"], {**common, "max_epochs": 1})
+    # A run killed while writing its next checkpoint leaves a truncated file behind.
+    (tmp_path / "autoencoder_checkpoint_epoch=2.pt").write_bytes(b"truncated")
+    done = run_bundle(["train_autoencoder.json", "demo.json"], {**common, "max_epochs": 3})
+    log = done.stdout + done.stderr
+    assert "skipping unreadable checkpoint" in log
+    assert re.search(r"resumed from .*autoencoder_checkpoint_epoch=1\.pt at epoch 1 of 3", log)
+    assert "Epoch: 1/3" not in log and "Epoch: 2/3" in log and "Epoch: 3/3" in log
+    state = torch.load(tmp_path / "autoencoder_checkpoint_epoch=3.pt", map_location="cpu", weights_only=True)
+    assert state["trainer"]["iteration"] == 3 * 1, "three epochs of one batch each, not four"
+
+
+def test_resume_disabled_starts_over(tmp_path):
+    handler = ResumeFromCheckpoint(str(tmp_path), "autoencoder", load_dict={}, enabled=False)
+    from ignite.engine import Engine
+
+    engine = Engine(lambda e, b: None)
+    handler.attach(engine)
+    assert not engine.has_event_handler(handler)
+
+
+def test_missing_autoencoder_is_a_clear_error(tmp_path, phantom_dir):
+    done = run_bundle(
+        ["train_diffusion.json", "demo.json"],
+        {**TINY, "dataset_dir": str(phantom_dir), "ckpt_dir": str(tmp_path), "max_epochs": 1},
+        check=False,
+    )
+    assert done.returncode != 0
+    assert f"checkpoint not found: {tmp_path}/autoencoder.pt" in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("bad", [{"adversarial_warmup_epochs": -1}])
+def test_bad_training_parameter_is_named(tmp_path, phantom_dir, bad):
+    done = run_bundle(
+        ["train_autoencoder.json", "demo.json"],
+        {**TINY, "dataset_dir": str(phantom_dir), "ckpt_dir": str(tmp_path), "max_epochs": 1, **bad},
+        check=False,
+    )
+    assert done.returncode != 0 and next(iter(bad)) in done.stdout + done.stderr
