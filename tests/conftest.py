@@ -18,7 +18,7 @@ sys.path.insert(0, str(BUNDLE))
 
 #: Overrides that shrink the demo configuration so each stage trains in seconds on a CPU.
 TINY = {
-    "image_size": [32, 32, 32],
+    "grid_size": 32,
     "autoencoder_channels": [8, 16, 16],
     "autoencoder_norm_num_groups": 8,
     "discriminator_channels": 8,
@@ -76,7 +76,7 @@ def trained(tmp_path_factory, phantom_dir) -> SimpleNamespace:
     Holds `dir` (the checkpoint folder) and the networks' weights from before training.
     """
     ckpt = tmp_path_factory.mktemp("models")
-    common = {**TINY, "dataset_dir": str(phantom_dir), "ckpt_dir": str(ckpt), "log_dir": str(ckpt / "logs")}
+    common = {**TINY, "dataset_dir": str(phantom_dir), "ckpt_dir": str(ckpt), "log_dir": str(ckpt / "logs"), "cache_dir": str(ckpt / "cache")}
     autoencoder = train_in_process(
         ["train_autoencoder.json", "demo.json"], "autoencoder", {**common, "max_epochs": 2, "adversarial_warmup_epochs": 1}
     )

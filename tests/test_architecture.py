@@ -59,4 +59,5 @@ def test_demo_overlay_shrinks_the_networks(monkeypatch):
     parser = ConfigParser()
     parser.read_config(["configs/train_autoencoder.json", "configs/demo.json"])
     assert parser.get_parsed_content("image_size") == [64, 64, 64]
+    assert parser.get_parsed_content("image_spacing_mm") == [7.0, 7.0, 5.5]
     assert parser.get_parsed_content("autoencoder_kwargs#channels") == [16, 32, 32]

@@ -30,7 +30,7 @@ def test_samples_have_the_grid_spacing_and_hu_range(sampler, tmp_path):
     (path,) = write_samples(sampler, str(tmp_path), num_samples=1, seed=3)
     image = nib.load(path)
     assert path.name == "sample_seed3_ct.nii.gz" and (tmp_path / "sample_seed3.png").is_file()
-    assert image.shape == tuple(TINY["image_size"]) and image.get_data_dtype() == np.int16
+    assert image.shape == (TINY["grid_size"],) * 3 and image.get_data_dtype() == np.int16
     assert np.allclose(np.diag(image.affine)[:3], [448.0 / 32, 448.0 / 32, 352.0 / 32])
     assert np.allclose(image.affine[:3, :3] @ (np.array(image.shape) - 1) / 2 + image.affine[:3, 3], 0), "centred"
     hu = np.asanyarray(image.dataobj)
@@ -73,4 +73,4 @@ def test_inference_config_samples_from_a_model_dir(trained, tmp_path):
     overrides = {"model_dir": str(trained.dir), "output_dir": str(tmp_path), "num_samples": 2, "batch_size": 2}
     run_bundle(["inference.json"], {**overrides, "seed": 4, "num_inference_steps": 3})
     volumes = [np.asanyarray(nib.load(tmp_path / f"sample_seed{s}_ct.nii.gz").dataobj) for s in (4, 5)]
-    assert volumes[0].shape == tuple(TINY["image_size"]) and not np.array_equal(*volumes)
+    assert volumes[0].shape == (TINY["grid_size"],) * 3 and not np.array_equal(*volumes)

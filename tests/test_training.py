@@ -20,7 +20,7 @@ def test_autoencoder_trains_and_its_checkpoint_rebuilds_it(trained):
     autoencoder = load_autoencoder(trained.dir / "autoencoder.pt")
     record = torch.load(trained.dir / "autoencoder.pt", weights_only=True)["autoencoder_record"]
     assert record["network"]["channels"] == TINY["autoencoder_channels"]
-    assert record["image_size"] == TINY["image_size"] and record["hu_window"] == [-1000, 1000]
+    assert record["image_size"] == [TINY["grid_size"]] * 3 and record["hu_window"] == [-1000, 1000]
     assert record["image_spacing_mm"] == [448.0 / 32, 448.0 / 32, 352.0 / 32]
     assert _changed(autoencoder.state_dict(), trained.initial_autoencoder) > 0.9
 
@@ -62,6 +62,7 @@ def test_resume_continues_at_the_next_epoch_and_skips_broken_checkpoints(tmp_pat
         "dataset_dir": str(phantom_dir),
         "ckpt_dir": str(tmp_path),
         "log_dir": str(tmp_path / "logs"),
+        "cache_dir": str(tmp_path / "cache"),
         "adversarial_warmup_epochs": 0,
         "val_interval": 5,
     }
@@ -89,7 +90,7 @@ def test_resume_disabled_starts_over(tmp_path):
 def test_missing_autoencoder_is_a_clear_error(tmp_path, phantom_dir):
     done = run_bundle(
         ["train_diffusion.json", "demo.json"],
-        {**TINY, "dataset_dir": str(phantom_dir), "ckpt_dir": str(tmp_path), "max_epochs": 1},
+        {**TINY, "dataset_dir": str(phantom_dir), "ckpt_dir": str(tmp_path), "cache_dir": str(tmp_path), "max_epochs": 1},
         check=False,
     )
     assert done.returncode != 0
@@ -100,7 +101,7 @@ def test_missing_autoencoder_is_a_clear_error(tmp_path, phantom_dir):
 def test_bad_training_parameter_is_named(tmp_path, phantom_dir, bad):
     done = run_bundle(
         ["train_autoencoder.json", "demo.json"],
-        {**TINY, "dataset_dir": str(phantom_dir), "ckpt_dir": str(tmp_path), "max_epochs": 1, **bad},
+        {**TINY, "dataset_dir": str(phantom_dir), "ckpt_dir": str(tmp_path), "cache_dir": str(tmp_path), "max_epochs": 1, **bad},
         check=False,
     )
     assert done.returncode != 0 and next(iter(bad)) in done.stdout + done.stderr

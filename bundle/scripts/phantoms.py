@@ -41,6 +41,7 @@ HU = {
     "tumour": 35.0,
     "table_shell": 250.0,
     "table_core": -850.0,
+    "cushion": -300.0,  # a dense foam pad
 }
 
 
@@ -58,7 +59,9 @@ class Anatomy:
     body_y: float  # vertical position of the chest centre in the image
     fat: float  # subcutaneous fat thickness
     muscle: float  # chest wall thickness inside the fat
-    table_gap: float  # air between the back and the table top
+    table_gap: float  # between the back and the table top: air, or the cushion when there is one
+    cushion: bool  # a dense positioning cushion joins the back to the table
+    arms: str  # "up" (beside the head), "beside" (along the chest) or "out" (out of the field of view)
     tumour_diameters: tuple[float, ...]  # GTV-1 first, largest
     noise_hu: float  # standard deviation of the image noise
 
@@ -66,11 +69,13 @@ class Anatomy:
 def draw_anatomy(rng: np.random.Generator) -> Anatomy:
     """Draw one case's anatomy; ranges follow adult chest CTs of radiotherapy patients."""
     lung_height = rng.uniform(215.0, 265.0)
+    cushion = bool(rng.random() < 0.4)
+    arms = str(rng.choice(["up", "beside", "out"], p=[0.5, 0.3, 0.2]))
     n_tumours = int(rng.choice([1, 2, 3], p=[0.5, 0.3, 0.2]))
     primary = rng.uniform(18.0, 65.0)
     others = sorted((rng.uniform(8.0, min(primary, 25.0)) for _ in range(n_tumours - 1)), reverse=True)
     return Anatomy(
-        field_of_view=rng.uniform(400.0, 480.0),
+        field_of_view=rng.uniform(400.0, 480.0) + (60.0 if arms == "beside" else 0.0),
         z_start=rng.uniform(-80.0, -15.0),
         z_end=lung_height + rng.uniform(-5.0, 80.0),
         lung_height=lung_height,
@@ -80,7 +85,9 @@ def draw_anatomy(rng: np.random.Generator) -> Anatomy:
         body_y=rng.uniform(-35.0, 30.0),
         fat=rng.uniform(6.0, 24.0),
         muscle=rng.uniform(12.0, 20.0),
-        table_gap=rng.uniform(0.0, 6.0),
+        table_gap=rng.uniform(8.0, 20.0) if cushion else rng.uniform(0.0, 6.0),
+        cushion=cushion,
+        arms=arms,
         tumour_diameters=(primary, *others),
         noise_hu=rng.uniform(8.0, 20.0),
     )
@@ -168,6 +175,8 @@ def render_phantom(anatomy: Anatomy, size: int, rng: np.random.Generator) -> tup
     hu[muscle] = HU["muscle"]
     hu[muscle & (z < 0.0)] = HU["abdomen"]
     hu[cavity] = HU["mediastinum"]
+    arms, arm_hu = _arms(anatomy, g)
+    hu = np.where(arms, arm_hu, hu)
 
     # Lungs: two tapered ellipses above a domed diaphragm, the heart cut out of the left one.
     taper = np.sqrt(np.clip(1.0 - (np.maximum(z - 0.4 * h, 0.0) / (0.6 * h)) ** 2, 0.0, 1.0))  # rounded apex
@@ -229,6 +238,10 @@ def render_phantom(anatomy: Anatomy, size: int, rng: np.random.Generator) -> tup
         hu = np.where(mask, HU["tumour"] + 15.0 * _smooth_noise(rng, g.shape, g.sigma_vox(3.0)), hu)
     lungs &= ~np.any(gtvs, axis=0)
 
+    if anatomy.cushion:  # the body outline moved down by the gap: a pad that follows the back
+        pad = _superellipse(x, dy + anatomy.table_gap, a, b, np.where(dy < 0, 3.0, 2.3)) <= 1.0
+        pad &= ~body & ~arms & (dy < 0) & (np.abs(x) < 0.75 * a)
+        hu[pad] = HU["cushion"]
     table = _table(anatomy, g, back)
     hu = np.where(table != 0, table, hu)
 
@@ -240,7 +253,7 @@ def render_phantom(anatomy: Anatomy, size: int, rng: np.random.Generator) -> tup
         "heart": heart & body,
         "oesophagus": oesophagus,
         "spinal_cord": cord,
-        "body": body,
+        "body": body | arms,
     }
     label = np.zeros(g.shape, np.uint8)
     for name in reversed(PRECEDENCE):
@@ -269,11 +282,30 @@ def _draw_tumours(anatomy: Anatomy, g: _Grid, lungs: np.ndarray, rng: np.random.
     return masks
 
 
+def _arms(anatomy: Anatomy, g: _Grid) -> tuple[np.ndarray, np.ndarray]:
+    """Mask and HU of both arms (fat, muscle, humerus): along the chest, beside the head, or none."""
+    x, y, z = g.points
+    mask, hu = np.zeros(g.shape, bool), np.zeros(g.shape, np.float32)
+    if anatomy.arms == "out":
+        return mask, hu
+    radius = 45.0
+    if anatomy.arms == "beside":
+        centre_x, centre_y, along = anatomy.half_width + 12.0 + radius, anatomy.body_y, z < anatomy.lung_height - 15.0
+    else:
+        centre_x, centre_y, along = 95.0, anatomy.body_y + 0.3 * anatomy.half_depth, z > anatomy.lung_height + 45.0
+    for side in (1.0, -1.0):
+        r = np.sqrt((x - side * centre_x) ** 2 + (y - centre_y) ** 2)
+        arm = (r <= radius) & along
+        tissue = np.where(r <= 11.0, HU["cortical_bone"], np.where(r <= radius - 8.0, HU["muscle"], HU["fat"]))
+        mask |= arm
+        hu = np.where(arm, tissue, hu)
+    return mask, hu
+
+
 def _table(anatomy: Anatomy, g: _Grid, back: float) -> np.ndarray:
-    """HU of the CT table under the back (0 where there is no table): two shells around foam."""
+    """HU of the flat radiotherapy table top under the back (0 where there is none): two shells around foam."""
     x, y, _ = g.points
-    top = back - anatomy.table_gap + 1e-4 * x**2  # slightly concave top surface
-    depth = top - y
+    depth = back - anatomy.table_gap - y
     skin = max(4.0, 1.2 * g.spacing_xy)  # thick enough to be sampled on coarse grids
     inside = (np.abs(x) < 230.0) & (depth >= 0.0) & (depth < 30.0 + 2 * skin)
     shell = inside & ((depth < skin) | (depth >= 30.0 + skin))
