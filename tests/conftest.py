@@ -25,6 +25,7 @@ TINY = {
     "diffusion_channels": [16, 32, 32],
     "diffusion_norm_num_groups": 8,
     "diffusion_num_head_channels": [0, 16, 16],
+    "controlnet_embedding_channels": [8, 16, 16],
     "batch_size": 2,
     "num_workers": 0,
     "val_interval": 1,
@@ -71,7 +72,7 @@ def train_in_process(configs: list[str], network_id: str, overrides: dict) -> di
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, phantom_dir) -> SimpleNamespace:
-    """An autoencoder (two epochs, the second adversarial) and a diffusion model (three epochs) trained on the phantoms.
+    """Tiny models trained on the phantoms: autoencoder (two epochs, the second adversarial), diffusion and ControlNet (three).
 
     Holds `dir` (the checkpoint folder) and the networks' weights from before training.
     """
@@ -80,5 +81,8 @@ def trained(tmp_path_factory, phantom_dir) -> SimpleNamespace:
     autoencoder = train_in_process(
         ["train_autoencoder.json", "demo.json"], "autoencoder", {**common, "max_epochs": 2, "adversarial_warmup_epochs": 1}
     )
-    diffusion = train_in_process(["train_diffusion.json", "demo.json"], "diffusion", {**common, "max_epochs": 3})
-    return SimpleNamespace(dir=ckpt, initial_autoencoder=autoencoder, initial_diffusion=diffusion)
+    diffusion = train_in_process(["train_diffusion.json", "demo.json"], "network", {**common, "max_epochs": 3})
+    controlnet = train_in_process(["train_controlnet.json", "demo.json"], "controlnet", {**common, "max_epochs": 3})
+    return SimpleNamespace(
+        dir=ckpt, initial_autoencoder=autoencoder, initial_diffusion=diffusion, initial_controlnet=controlnet
+    )

@@ -1,3 +1,18 @@
 """Python the bundle's configs import (`$import scripts`): data, transforms, networks, engines, sampling."""
 
-from scripts import checkpoint, datalist, engines, labels, latents, losses, networks, sampling, volumes
+from scripts import (
+    adherence,
+    alignment,
+    body_mask,
+    checkpoint,
+    controlnet,
+    datalist,
+    engines,
+    labels,
+    latents,
+    losses,
+    networks,
+    sampling,
+    tumour_masks,
+    volumes,
+)

@@ -7,7 +7,7 @@ cost at every step; `SampleLatentd` still draws a fresh latent from the posterio
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -19,13 +19,16 @@ logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def encode_dataset(autoencoder: torch.nn.Module, loader: Iterable, device: torch.device | str) -> list[dict[str, torch.Tensor]]:
-    """Posterior mean and sigma of every image in `loader`, one dict per image, on the CPU."""
+def encode_dataset(
+    autoencoder: torch.nn.Module, loader: Iterable, device: torch.device | str, keep_keys: Sequence[str] = ()
+) -> list[dict[str, torch.Tensor]]:
+    """Posterior mean and sigma of every image in `loader`, one dict per image on the CPU, with `keep_keys` carried along."""
     autoencoder.eval()
     latents = []
     for batch in tqdm(loader, desc="encoding latents", unit="batch"):
         z_mu, z_sigma = autoencoder.encode(batch["image"].to(device))
-        latents.extend({"z_mu": m.cpu(), "z_sigma": s.cpu()} for m, s in zip(z_mu, z_sigma))
+        for i, (m, s) in enumerate(zip(z_mu, z_sigma)):
+            latents.append({"z_mu": m.cpu(), "z_sigma": s.cpu(), **{k: torch.as_tensor(batch[k][i]) for k in keep_keys}})
     if not latents:
         raise ValueError("no images to encode: the training split of the datalist is empty")
     return latents

@@ -6,14 +6,14 @@ import logging
 from pathlib import Path
 
 import torch
-from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
+from monai.networks.nets import AutoencoderKL, ControlNet, DiffusionModelUNet
 
 from scripts.checkpoint import load_checkpoint
 
 logger = logging.getLogger(__name__)
 
-#: Names of the weight files a model folder holds, and of their entries.
-AUTOENCODER_FILE, DIFFUSION_FILE = "autoencoder.pt", "diffusion.pt"
+#: Names of the weight files a model folder holds.
+AUTOENCODER_FILE, DIFFUSION_FILE, CONTROLNET_FILE = "autoencoder.pt", "diffusion.pt", "controlnet.pt"
 
 
 def _frozen(network: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
@@ -40,9 +40,18 @@ def load_diffusion(path: str | Path, device: torch.device | str = "cpu") -> tupl
     return _frozen(network, device), record
 
 
-def default_model_dir(bundle_root: str | Path) -> Path:
-    """`models/` once it holds a trained autoencoder and diffusion model, else the shipped `models/demo/`."""
+def load_controlnet(path: str | Path, device: torch.device | str = "cpu") -> tuple[ControlNet, dict]:
+    """The tumour ControlNet stored at `path`, frozen, and its record (conditioning channels, training settings)."""
+    checkpoint = load_checkpoint(path, ("controlnet", "controlnet_record"))
+    record = checkpoint["controlnet_record"]
+    network = ControlNet(**record["network"])
+    network.load_state_dict(checkpoint["controlnet"])
+    return _frozen(network, device), record
+
+
+def default_model_dir(bundle_root: str | Path, files: tuple[str, ...] = (AUTOENCODER_FILE, DIFFUSION_FILE)) -> Path:
+    """`models/` once it holds all of `files` (weights you trained), else the shipped `models/demo/`."""
     trained = Path(bundle_root) / "models"
-    chosen = trained if all((trained / f).is_file() for f in (AUTOENCODER_FILE, DIFFUSION_FILE)) else trained / "demo"
+    chosen = trained if all((trained / f).is_file() for f in files) else trained / "demo"
     logger.info("using the weights in %s", chosen)
     return chosen

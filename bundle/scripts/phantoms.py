@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from scripts.datalist import write_datalist
 from scripts.labels import LABELS, PRECEDENCE
+from scripts.tumour_masks import irregular_blob, smooth_noise
 
 logger = logging.getLogger(__name__)
 
@@ -113,12 +114,6 @@ def _tube(points: tuple[np.ndarray, np.ndarray, np.ndarray], start, end, radius:
     return (x - p0[0] - t * d[0]) ** 2 + (y - p0[1] - t * d[1]) ** 2 + (z - p0[2] - t * d[2]) ** 2 <= radius**2
 
 
-def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma_vox) -> np.ndarray:
-    """Gaussian-filtered white noise scaled to unit standard deviation."""
-    field = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma_vox)
-    return field / max(float(field.std()), 1e-6)
-
-
 class _Grid:
     """Voxel grid of one phantom: shape, spacing and broadcastable RAS coordinates in mm."""
 
@@ -190,8 +185,8 @@ def render_phantom(anatomy: Anatomy, size: int, rng: np.random.Generator) -> tup
     ) ** 2 <= 1.0
     lungs &= cavity & ~heart
 
-    parenchyma = HU["lung"] + 25.0 * _smooth_noise(rng, g.shape, g.sigma_vox(6.0)) - 45.0 * (dy / b_c)
-    n1, n2 = (_smooth_noise(rng, g.shape, g.sigma_vox(5.0)) for _ in range(2))
+    parenchyma = HU["lung"] + 25.0 * smooth_noise(rng, g.shape, g.sigma_vox(6.0)) - 45.0 * (dy / b_c)
+    n1, n2 = (smooth_noise(rng, g.shape, g.sigma_vox(5.0)) for _ in range(2))
     hilum_distance = np.sqrt((np.abs(x) - 0.35 * a_c) ** 2 + dy**2 + (z - 0.55 * h) ** 2)
     width = 0.12 + 0.2 * np.exp(-hilum_distance / 60.0)
     vessels = np.exp(-(n1**2 + n2**2) / (2.0 * width**2))
@@ -235,7 +230,7 @@ def render_phantom(anatomy: Anatomy, size: int, rng: np.random.Generator) -> tup
     # Tumours inside a lung, largest first (GTV-1).
     gtvs = _draw_tumours(anatomy, g, lungs, rng)
     for mask in gtvs:
-        hu = np.where(mask, HU["tumour"] + 15.0 * _smooth_noise(rng, g.shape, g.sigma_vox(3.0)), hu)
+        hu = np.where(mask, HU["tumour"] + 15.0 * smooth_noise(rng, g.shape, g.sigma_vox(3.0)), hu)
     lungs &= ~np.any(gtvs, axis=0)
 
     if anatomy.cushion:  # the body outline moved down by the gap: a pad that follows the back
@@ -272,9 +267,9 @@ def _draw_tumours(anatomy: Anatomy, g: _Grid, lungs: np.ndarray, rng: np.random.
         candidates = np.argwhere(free >= min(0.6 * radius, 0.8 * float(free.max())))
         centre = candidates[rng.integers(len(candidates))]
         c_mm = [g.x[centre[0], 0, 0], g.y[0, centre[1], 0], g.z[0, 0, centre[2]]]
-        distance = np.sqrt((g.x - c_mm[0]) ** 2 + (g.y - c_mm[1]) ** 2 + (g.z - c_mm[2]) ** 2) / radius
-        wobble = _smooth_noise(rng, g.shape, g.sigma_vox(radius / 2.5))
-        mask = (distance + rng.uniform(0.12, 0.3) * wobble <= 1.0) & lungs & ~placed
+        spacing = (g.spacing_xy, g.spacing_xy, g.spacing_z)
+        blob = irregular_blob(g.points, spacing, c_mm, diameter, rng, irregularity=rng.uniform(0.12, 0.3))
+        mask = blob & lungs & ~placed
         if not mask.any():  # a tumour smaller than a voxel still marks its centre
             mask[tuple(centre)] = True
         placed |= mask

@@ -1,4 +1,4 @@
-"""PNG previews of a CT volume: axial, coronal and sagittal mid-slices in a lung-and-soft-tissue window."""
+"""PNG previews of a CT volume: axial, coronal and sagittal slices in a lung-and-soft-tissue window."""
 
 from __future__ import annotations
 
@@ -11,12 +11,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def mid_slices(volume: np.ndarray, spacing: tuple[float, float, float]) -> list[tuple[str, np.ndarray, float]]:
-    """(view, 2D slice for imshow, pixel aspect) of the mid-planes of a RAS volume, in radiological convention.
+def orthogonal_slices(
+    volume: np.ndarray, spacing: tuple[float, float, float], centre: tuple[int, int, int] | None = None
+) -> list[tuple[str, np.ndarray, float]]:
+    """(view, 2D slice for imshow, pixel aspect) of the three planes through `centre` (default: the middle) of a RAS volume.
 
-    Axial and coronal views show the patient's right on the image's left; superior and anterior are up.
+    Radiological convention: axial and coronal views show the patient's right on the image's left;
+    superior and anterior are up.
     """
-    cx, cy, cz = (s // 2 for s in volume.shape)
+    cx, cy, cz = centre if centre is not None else (s // 2 for s in volume.shape)
     sx, sy, sz = spacing
     return [
         ("axial", volume[::-1, :, cz].T[::-1], sy / sx),
@@ -26,12 +29,25 @@ def mid_slices(volume: np.ndarray, spacing: tuple[float, float, float]) -> list[
 
 
 def save_preview(
-    hu: np.ndarray, spacing, path: str | Path, title: str = "", window: tuple[float, float] = (-1000.0, 400.0)
+    hu: np.ndarray,
+    spacing,
+    path: str | Path,
+    title: str = "",
+    mask: np.ndarray | None = None,
+    window: tuple[float, float] = (-1000.0, 400.0),
 ) -> Path:
-    """Write the three mid-slices of `hu` (RAS, HU) side by side to `path`."""
+    """Write three orthogonal slices of `hu` (RAS, HU) side by side to `path`.
+
+    With a `mask`, the slices pass through its centroid and its outline is drawn in red.
+    """
+    centre = tuple(int(round(c)) for c in np.argwhere(mask).mean(0)) if mask is not None and mask.any() else None
+    views = orthogonal_slices(np.asarray(hu, np.float32), tuple(spacing), centre)
+    outlines = orthogonal_slices(np.asarray(mask, np.float32), tuple(spacing), centre) if centre else [None] * 3
     fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
-    for ax, (name, image, aspect) in zip(axes, mid_slices(np.asarray(hu, np.float32), tuple(spacing))):
+    for ax, (name, image, aspect), outline in zip(axes, views, outlines):
         ax.imshow(image, cmap="gray", vmin=window[0], vmax=window[1], aspect=aspect, interpolation="nearest")
+        if outline is not None and outline[1].any():
+            ax.contour(outline[1], levels=[0.5], colors="red", linewidths=1.0)
         ax.set_title(name)
         ax.axis("off")
     if title:

@@ -6,7 +6,9 @@ same whatever the batch size or the number of samples asked for.
 
 from __future__ import annotations
 
+import json
 import logging
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,8 @@ import torch
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
 from tqdm import tqdm
 
+from scripts.adherence import tumour_adherence
+from scripts.controlnet import ControlledUNet
 from scripts.preview import save_preview
 from scripts.volumes import centred_affine, check_writable, to_hu, write_nifti
 
@@ -50,7 +54,7 @@ def denoise(
 
 
 class LatentDiffusionSampler:
-    """Generates CT volumes in HU from a trained autoencoder and diffusion U-Net.
+    """Generates CT volumes in HU from a trained autoencoder and diffusion U-Net, optionally steered by a ControlNet.
 
     Args:
         autoencoder: the frozen AutoencoderKL.
@@ -59,6 +63,7 @@ class LatentDiffusionSampler:
         sampler: `ddim` (fast, the default) or `ddpm` (the thesis' 1000-step sampler).
         num_inference_steps: reverse steps; DDPM uses as many as it was trained with.
         device: where to sample.
+        controlnet: the frozen tumour ControlNet, for conditioned sampling.
     """
 
     def __init__(
@@ -69,12 +74,14 @@ class LatentDiffusionSampler:
         sampler: str = "ddim",
         num_inference_steps: int = 50,
         device: torch.device | str = "cpu",
+        controlnet: torch.nn.Module | None = None,
     ) -> None:
         if sampler == "ddpm" and num_inference_steps != record["noise_schedule"]["num_train_timesteps"]:
             logger.info("ddpm samples with all %d training steps", record["noise_schedule"]["num_train_timesteps"])
             num_inference_steps = record["noise_schedule"]["num_train_timesteps"]
         self.scheduler = make_scheduler(sampler, record["noise_schedule"], num_inference_steps)
         self.autoencoder, self.unet, self.record, self.device = autoencoder, unet, record, torch.device(device)
+        self.controlled = ControlledUNet(unet, controlnet) if controlnet is not None else None
 
     @property
     def spacing(self) -> list[float]:
@@ -84,18 +91,30 @@ class LatentDiffusionSampler:
         return torch.Generator(device=self.device).manual_seed(int(seed))
 
     @torch.no_grad()
-    def sample(self, seeds: list[int]) -> list[np.ndarray]:
-        """One HU volume (int16, RAS) per seed, generated as one batch."""
+    def sample(self, seeds: list[int], condition: torch.Tensor | None = None) -> list[np.ndarray]:
+        """One HU volume (int16, RAS) per seed, generated as one batch; `condition` is a (tumour, lungs) mask."""
         generators = [self._generator(s) for s in seeds]
         shape = tuple(self.record["latent_shape"])
         noise = torch.cat([torch.randn((1, *shape), generator=g, device=self.device) for g in generators])
-        return self.decode(denoise(self.unet, self.scheduler, noise, generators))
+        predictor = self.unet
+        if condition is not None:
+            if self.controlled is None:
+                raise ValueError("conditioned sampling needs a ControlNet")
+            context = condition[None].to(self.device).expand(len(seeds), *condition.shape)
+            predictor = partial(self.controlled, context=context)
+        return self.decode(denoise(predictor, self.scheduler, noise, generators))
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> list[np.ndarray]:
         """HU volumes from scaled latents: undo the training scale factor, then decode."""
         images = self.autoencoder.decode_stage_2_outputs(latents / self.record["scale_factor"])
         return [to_hu(image[0], self.record["hu_window"]) for image in images]
+
+
+def tumour_condition(mask: np.ndarray) -> torch.Tensor:
+    """The ControlNet's conditioning mask for a tumour alone: (tumour, no lungs), as the lung dropout trained it."""
+    tumour = torch.as_tensor(mask > 0, dtype=torch.float32)
+    return torch.stack([tumour, torch.zeros_like(tumour)])
 
 
 def write_samples(
@@ -105,21 +124,36 @@ def write_samples(
     seed: int = 0,
     batch_size: int = 1,
     overwrite: bool = False,
+    mask: np.ndarray | None = None,
+    affine: np.ndarray | None = None,
 ) -> list[Path]:
-    """Generate `num_samples` CTs with seeds `seed, seed+1, ...` into `output_dir` as `sample_seed<N>_ct.nii.gz` + `.png`."""
+    """Generate `num_samples` CTs with seeds `seed, seed+1, ...` into `output_dir`.
+
+    Each sample is `sample_seed<N>_ct.nii.gz` (HU, int16) with a PNG preview. With a tumour `mask`
+    (on the working grid, placed by `affine`), sampling is conditioned on it and each sample also
+    gets `_mask.nii.gz` and `_adherence.json`; the preview cuts through the tumour and outlines it.
+    """
     for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
         if int(value) < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
     out = Path(output_dir)
     seeds = [int(seed) + i for i in range(int(num_samples))]
     names = {s: f"sample_seed{s}" for s in seeds}
-    check_writable([out / f"{n}_ct.nii.gz" for n in names.values()], overwrite)
+    suffixes = ["_ct.nii.gz"] + (["_mask.nii.gz", "_adherence.json"] if mask is not None else [])
+    check_writable([out / f"{n}{x}" for n in names.values() for x in suffixes], overwrite)
+    condition = tumour_condition(mask) if mask is not None else None
     written = []
     for start in tqdm(range(0, len(seeds), int(batch_size)), desc="samples", unit="batch"):
         batch = seeds[start : start + int(batch_size)]
-        for s, hu in zip(batch, sampler.sample(batch)):
-            path = write_nifti(hu, centred_affine(hu.shape, sampler.spacing), out / f"{names[s]}_ct.nii.gz")
-            save_preview(hu, sampler.spacing, out / f"{names[s]}.png", title=names[s])
-            written.append(path)
+        for s, hu in zip(batch, sampler.sample(batch, condition)):
+            placed = affine if affine is not None else centred_affine(hu.shape, sampler.spacing)
+            written.append(write_nifti(hu, placed, out / f"{names[s]}_ct.nii.gz"))
+            save_preview(hu, sampler.spacing, out / f"{names[s]}.png", title=names[s], mask=mask)
+            if mask is not None:
+                write_nifti(mask.astype(np.uint8), placed, out / f"{names[s]}_mask.nii.gz")
+                report = tumour_adherence(hu, mask, sampler.spacing)
+                (out / f"{names[s]}_adherence.json").write_text(json.dumps(report, indent=2) + "\n")
+                if report["mask_in_lungs_fraction"] < 0.5:
+                    logger.warning("%s: the tumour lies mostly outside the sample's lungs (%.0f%% inside)", names[s], 100 * report["mask_in_lungs_fraction"])
     logger.info("wrote %d synthetic CTs to %s", len(written), out.resolve())
     return written
