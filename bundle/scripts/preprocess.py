@@ -6,23 +6,18 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from monai.bundle import ConfigParser
 
+from scripts.bundle_config import load_bundle_config
 from scripts.volumes import check_writable, to_hu, write_nifti
 
 logger = logging.getLogger(__name__)
 
-BUNDLE_DIR = Path(__file__).resolve().parents[1]
 
-
-def preprocessing_chain(grid: int | None = None, bundle_dir: Path = BUNDLE_DIR) -> tuple:
+def preprocessing_chain(grid: int | None = None) -> tuple:
     """The preprocessing Compose of `configs/common.json` and its HU window, at `grid` voxels a side if given."""
-    parser = ConfigParser()
-    parser.read_config(str(bundle_dir / "configs" / "common.json"))
-    if grid is not None:
-        if not isinstance(grid, int) or grid < 16 or grid % 4:
-            raise ValueError(f"grid must be an integer >= 16 divisible by 4 (the autoencoder halves it twice), got {grid}")
-        parser["grid_size"] = grid
+    if grid is not None and (not isinstance(grid, int) or grid < 16 or grid % 4):
+        raise ValueError(f"grid must be an integer >= 16 divisible by 4 (the autoencoder halves it twice), got {grid}")
+    parser = load_bundle_config(["common.json"], {"grid_size": grid} if grid is not None else None)
     return parser.get_parsed_content("preprocessing"), parser.get_parsed_content("hu_window")
 
 
