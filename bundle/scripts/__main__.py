@@ -1,11 +1,41 @@
 """Data tools of the bundle, as a fire CLI: `python -m scripts <command> --help`."""
 
 import logging
+from pathlib import Path
 
 import fire
 
+from scripts.ingest import ingest
+from scripts.phantom_dicom import write_phantom_dicom
 from scripts.phantoms import write_phantoms
+from scripts.preprocess import preprocess_case
+
+
+def phantoms(
+    out: str,
+    n: int = 8,
+    size: int = 128,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.05,
+    dicom: bool = False,
+) -> Path:
+    """Write `n` phantom cases to `out`: NIfTI cases with datalist.json, or with `--dicom` a DICOM tree for `ingest`.
+
+    Args:
+        out: output folder; existing case folders are kept, never overwritten.
+        n: number of cases.
+        size: in-plane voxels (the field of view is 400 to 480 mm; slices are at least 3 mm apart).
+        seed: the same seed gives the same cases, as NIfTI or as DICOM.
+        val_fraction: share of the validation split in datalist.json (NIfTI only: `ingest` splits a DICOM tree).
+        test_fraction: share of the test split in datalist.json (NIfTI only).
+        dicom: write `<out>/PHANTOM-XXX/<study>/<series>/*.dcm` (CT series, RTSTRUCT, SEG) in the NSCLC-Radiomics layout.
+    """
+    if dicom:
+        return write_phantom_dicom(out, n=n, size=size, seed=seed)
+    return write_phantoms(out, n=n, size=size, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
+
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
-    fire.Fire({"phantoms": write_phantoms})
+    fire.Fire({"phantoms": phantoms, "ingest": ingest, "preprocess": preprocess_case})
