@@ -7,6 +7,7 @@ from scripts import (
     checkpoint,
     controlnet,
     datalist,
+    distributed,
     engines,
     labels,
     latents,

@@ -105,10 +105,9 @@ class AutoencoderTrainer(Trainer):
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
 
         if adversarial:
-            with self._autocast():
-                d_loss = self.loss.discriminator(
-                    self.discriminator(reconstruction.detach())[-1], self.discriminator(images)[-1]
-                )
+            with self._autocast():  # one pass over fakes and reals: DistributedDataParallel allows one per step
+                logits = self.discriminator(torch.cat([reconstruction.detach(), images]))[-1]
+                d_loss = self.loss.discriminator(*logits.split(len(images)))
             self._step(d_loss, self.d_optimizer)
             terms["discriminator"] = d_loss
         if self.scaler is not None:
