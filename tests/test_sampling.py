@@ -27,7 +27,7 @@ def test_decoding_divides_by_the_scale_factor(sampler):
 
 
 def test_samples_have_the_grid_spacing_and_hu_range(sampler, tmp_path):
-    (path,) = write_samples(sampler, str(tmp_path), num_samples=1, seed=3)
+    (path,) = write_samples(sampler, str(tmp_path), seeds=[3])
     image = nib.load(path)
     assert path.name == "sample_seed3_ct.nii.gz" and (tmp_path / "sample_seed3.png").is_file()
     assert image.shape == (TINY["grid_size"],) * 3 and image.get_data_dtype() == np.int16
@@ -61,10 +61,10 @@ def test_bad_sampling_parameters_are_named(sampler_name, steps, match):
 
 
 def test_existing_samples_are_not_overwritten(sampler, tmp_path):
-    write_samples(sampler, str(tmp_path), num_samples=1, seed=0)
+    write_samples(sampler, str(tmp_path), seeds=[0])
     before = (tmp_path / "sample_seed0_ct.nii.gz").read_bytes()
     with pytest.raises(FileExistsError, match="sample_seed0_ct.nii.gz"):
-        write_samples(sampler, str(tmp_path), num_samples=2, seed=0)
+        write_samples(sampler, str(tmp_path), seeds=[0, 1])
     assert (tmp_path / "sample_seed0_ct.nii.gz").read_bytes() == before
     assert not (tmp_path / "sample_seed1_ct.nii.gz").exists(), "nothing is written when a name is taken"
 

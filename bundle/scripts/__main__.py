@@ -5,10 +5,12 @@ from pathlib import Path
 
 import fire
 
+from scripts.export import export_networks
 from scripts.ingest import ingest
 from scripts.phantom_dicom import write_phantom_dicom
 from scripts.phantoms import write_phantoms
 from scripts.preprocess import preprocess_case
+from scripts.quality import write_quality_report
 
 
 def phantoms(
@@ -38,4 +40,12 @@ def phantoms(
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
-    fire.Fire({"phantoms": phantoms, "ingest": ingest, "preprocess": preprocess_case})
+    fire.Fire(
+        {
+            "phantoms": phantoms,
+            "ingest": ingest,
+            "preprocess": preprocess_case,
+            "quality_filter": write_quality_report,
+            "export": export_networks,
+        }
+    )

@@ -117,27 +117,31 @@ def tumour_condition(mask: np.ndarray) -> torch.Tensor:
     return torch.stack([tumour, torch.zeros_like(tumour)])
 
 
+def sample_seeds(seed: int, num_samples: int) -> list[int]:
+    """The seeds of a request, one per sample: `seed, seed + 1, ...`."""
+    if int(num_samples) < 1:
+        raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+    return [int(seed) + i for i in range(int(num_samples))]
+
+
 def write_samples(
     sampler: LatentDiffusionSampler,
     output_dir: str,
-    num_samples: int = 1,
-    seed: int = 0,
+    seeds: list[int],
     batch_size: int = 1,
     overwrite: bool = False,
     mask: np.ndarray | None = None,
     affine: np.ndarray | None = None,
 ) -> list[Path]:
-    """Generate `num_samples` CTs with seeds `seed, seed+1, ...` into `output_dir`.
+    """Generate one CT per seed into `output_dir`.
 
     Each sample is `sample_seed<N>_ct.nii.gz` (HU, int16) with a PNG preview. With a tumour `mask`
     (on the working grid, placed by `affine`), sampling is conditioned on it and each sample also
     gets `_mask.nii.gz` and `_adherence.json`; the preview cuts through the tumour and outlines it.
     """
-    for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
-        if int(value) < 1:
-            raise ValueError(f"{name} must be at least 1, got {value}")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     out = Path(output_dir)
-    seeds = [int(seed) + i for i in range(int(num_samples))]
     names = {s: f"sample_seed{s}" for s in seeds}
     suffixes = ["_ct.nii.gz"] + (["_mask.nii.gz", "_adherence.json"] if mask is not None else [])
     check_writable([out / f"{n}{x}" for n in names.values() for x in suffixes], overwrite)
