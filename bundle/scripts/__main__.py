@@ -5,6 +5,7 @@ from pathlib import Path
 
 import fire
 
+from scripts.dicom_export import export_dicom
 from scripts.export import export_networks
 from scripts.ingest import ingest
 from scripts.phantom_dicom import write_phantom_dicom
@@ -46,6 +47,7 @@ if __name__ == "__main__":
             "ingest": ingest,
             "preprocess": preprocess_case,
             "quality_filter": write_quality_report,
+            "export_dicom": export_dicom,
             "export": export_networks,
         }
     )

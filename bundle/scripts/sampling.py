@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from scripts.adherence import tumour_adherence
 from scripts.controlnet import ControlledUNet
+from scripts.dicom_export import export_dicom
 from scripts.preview import save_preview
 from scripts.volumes import centred_affine, check_writable, to_hu, write_nifti
 
@@ -132,18 +133,20 @@ def write_samples(
     overwrite: bool = False,
     mask: np.ndarray | None = None,
     affine: np.ndarray | None = None,
+    dicom: bool = False,
 ) -> list[Path]:
     """Generate one CT per seed into `output_dir`.
 
     Each sample is `sample_seed<N>_ct.nii.gz` (HU, int16) with a PNG preview. With a tumour `mask`
     (on the working grid, placed by `affine`), sampling is conditioned on it and each sample also
     gets `_mask.nii.gz` and `_adherence.json`; the preview cuts through the tumour and outlines it.
+    With `dicom`, each sample is also exported to `sample_seed<N>_dicom/` (CT series, RTSTRUCT, SEG).
     """
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     out = Path(output_dir)
     names = {s: f"sample_seed{s}" for s in seeds}
-    suffixes = ["_ct.nii.gz"] + (["_mask.nii.gz", "_adherence.json"] if mask is not None else [])
+    suffixes = ["_ct.nii.gz"] + (["_mask.nii.gz", "_adherence.json"] if mask is not None else []) + (["_dicom"] if dicom else [])
     check_writable([out / f"{n}{x}" for n in names.values() for x in suffixes], overwrite)
     condition = tumour_condition(mask) if mask is not None else None
     written = []
@@ -153,11 +156,16 @@ def write_samples(
             placed = affine if affine is not None else centred_affine(hu.shape, sampler.spacing)
             written.append(write_nifti(hu, placed, out / f"{names[s]}_ct.nii.gz"))
             save_preview(hu, sampler.spacing, out / f"{names[s]}.png", title=names[s], mask=mask)
+            mask_path = None
             if mask is not None:
-                write_nifti(mask.astype(np.uint8), placed, out / f"{names[s]}_mask.nii.gz")
+                mask_path = write_nifti(mask.astype(np.uint8), placed, out / f"{names[s]}_mask.nii.gz")
                 report = tumour_adherence(hu, mask, sampler.spacing)
                 (out / f"{names[s]}_adherence.json").write_text(json.dumps(report, indent=2) + "\n")
                 if report["mask_in_lungs_fraction"] < 0.5:
-                    logger.warning("%s: the tumour lies mostly outside the sample's lungs (%.0f%% inside)", names[s], 100 * report["mask_in_lungs_fraction"])
+                    inside = 100 * report["mask_in_lungs_fraction"]
+                    logger.warning("%s: the tumour lies mostly outside the sample's lungs (%.0f%% inside)", names[s], inside)
+            if dicom:
+                mask_file = str(mask_path) if mask_path else None
+                export_dicom(str(written[-1]), str(out / f"{names[s]}_dicom"), mask=mask_file, name=names[s])
     logger.info("wrote %d synthetic CTs to %s", len(written), out.resolve())
     return written

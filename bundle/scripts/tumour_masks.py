@@ -70,8 +70,8 @@ def mask_from_centre(
     return mask.astype(np.uint8), affine
 
 
-def mask_from_file(record: dict, path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """The binary mask in NIfTI `path` resampled (nearest) into the working grid, with the grid's affine."""
+def read_binary_mask(path: str | Path) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """The NIfTI image at `path` and its voxels, checked to be a non-empty 3D binary (0/1) mask."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"mask: no file at {path}")
@@ -82,6 +82,12 @@ def mask_from_file(record: dict, path: str | Path) -> tuple[np.ndarray, np.ndarr
         raise ValueError(f"mask {path} must be a 3D binary (0/1) volume; it has shape {data.shape} and values {values[:10].tolist()}")
     if not values.any():
         raise ValueError(f"mask {path} is empty")
+    return image, data
+
+
+def mask_from_file(record: dict, path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """The binary mask in NIfTI `path` resampled (nearest) into the working grid, with the grid's affine."""
+    image, data = read_binary_mask(path)
     shape, spacing = tuple(record["image_size"]), np.asarray(record["image_spacing_mm"], float)
     centre = image.affine[:3, :3] @ ((np.asarray(data.shape) - 1) / 2.0) + image.affine[:3, 3]
     affine = centred_affine(shape, spacing)
