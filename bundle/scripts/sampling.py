@@ -84,6 +84,11 @@ class LatentDiffusionSampler:
         self.autoencoder, self.unet, self.record, self.device = autoencoder, unet, record, torch.device(device)
         self.controlled = ControlledUNet(unet, controlnet) if controlnet is not None else None
 
+    def with_schedule(self, sampler: str, num_inference_steps: int) -> LatentDiffusionSampler:
+        """Another sampler on the same loaded networks, with its own scheduler (for per-request settings)."""
+        controlnet = self.controlled.controlnet if self.controlled is not None else None
+        return LatentDiffusionSampler(self.autoencoder, self.unet, self.record, sampler, num_inference_steps, self.device, controlnet)
+
     @property
     def spacing(self) -> list[float]:
         return list(self.record["image_spacing_mm"])

@@ -85,22 +85,31 @@ def read_binary_mask(path: str | Path) -> tuple[nib.Nifti1Image, np.ndarray]:
     return image, data
 
 
-def mask_from_file(record: dict, path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """The binary mask in NIfTI `path` resampled (nearest) into the working grid, with the grid's affine."""
-    image, data = read_binary_mask(path)
-    shape, spacing = tuple(record["image_size"]), np.asarray(record["image_spacing_mm"], float)
-    centre = image.affine[:3, :3] @ ((np.asarray(data.shape) - 1) / 2.0) + image.affine[:3, 3]
-    affine = centred_affine(shape, spacing)
-    affine[:3, 3] += centre
-    source_voxels = np.linalg.inv(image.affine) @ affine  # working-grid voxel -> mask-file voxel
-    resampled = ndimage.affine_transform(data.astype(np.uint8), source_voxels[:3, :3], source_voxels[:3, 3], shape, order=0)
+def resample_mask(data: np.ndarray, affine: np.ndarray, grid_affine: np.ndarray, shape: Sequence[int], name: str) -> np.ndarray:
+    """Binary `data` placed by `affine`, resampled (nearest) by world coordinates onto a grid; refused if it leaves it.
+
+    `name` (the file or request parameter) goes into the error messages.
+    """
+    source_voxels = np.linalg.solve(affine, grid_affine)  # grid voxel -> mask voxel
+    resampled = ndimage.affine_transform(data.astype(np.uint8), source_voxels[:3, :3], source_voxels[:3, 3], tuple(shape), order=0)
     foreground = np.argwhere(data > 0)
-    in_grid = (np.linalg.inv(affine) @ image.affine)[:3] @ np.c_[foreground, np.ones(len(foreground))].T
+    in_grid = np.linalg.solve(grid_affine, affine)[:3] @ np.c_[foreground, np.ones(len(foreground))].T
+    spacing = np.sqrt((grid_affine[:3, :3] ** 2).sum(0)).round(3).tolist()
     if np.any(in_grid < -0.5) or np.any(in_grid > np.asarray(shape)[:, None] - 0.5):
-        raise ValueError(f"mask {path} extends beyond the working grid ({shape} voxels of {spacing.tolist()} mm around its centre)")
+        raise ValueError(f"mask {name} extends beyond the working grid ({list(shape)} voxels of {spacing} mm)")
     if not resampled.any():
-        raise ValueError(f"mask {path} vanishes on the working grid ({spacing.tolist()} mm voxels): it is smaller than a voxel")
-    return resampled.astype(np.uint8), affine
+        raise ValueError(f"mask {name} vanishes on the working grid ({spacing} mm voxels): it is smaller than a voxel")
+    return resampled
+
+
+def mask_from_file(record: dict, path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """The binary mask in NIfTI `path` resampled into a working grid centred on the file's volume, with that grid's affine."""
+    image, data = read_binary_mask(path)
+    shape = tuple(record["image_size"])
+    centre = image.affine[:3, :3] @ ((np.asarray(data.shape) - 1) / 2.0) + image.affine[:3, 3]
+    affine = centred_affine(shape, record["image_spacing_mm"])
+    affine[:3, 3] += centre
+    return resample_mask(data, image.affine, affine, shape, str(path)).astype(np.uint8), affine
 
 
 def requested_mask(

@@ -1,0 +1,31 @@
+"""The bundle's generator, built once per task from the bundle's own inference configs and weights.
+
+Nothing about the networks lives in the app: `configs/inference.json` (or `inference_tumor.json`)
+is parsed with `scripts.bundle_config.load_bundle_config`, and its `generator` loads the weights
+from the config's `model_dir` (the bundle's `models/`, else `models/demo/`) or from `--conf model_dir`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scripts.bundle_config import load_bundle_config
+from scripts.sampling import LatentDiffusionSampler
+
+
+@dataclass(frozen=True)
+class BundleGenerator:
+    """A loaded generator and the request defaults its config declares."""
+
+    generator: LatentDiffusionSampler
+    defaults: dict[str, Any]
+
+
+def load_generator(config: str, bundle_dir: Path, model_dir: Path | None, default_keys: tuple[str, ...]) -> BundleGenerator:
+    """Parse `configs/<config>` of `bundle_dir` (with `model_dir` if given) and load its `generator`."""
+    parser = load_bundle_config([config], {"model_dir": str(model_dir)} if model_dir else None, bundle_dir=bundle_dir)
+    generator = parser.get_parsed_content("generator")
+    defaults = {key: parser.get_parsed_content(key) for key in default_keys}
+    return BundleGenerator(generator, defaults)

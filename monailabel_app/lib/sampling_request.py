@@ -1,0 +1,60 @@
+"""The sampling parameters of a request (`seed`, `sampler`, `num_inference_steps`), checked against the task's limits.
+
+The networks are loaded once per task; a request only picks the schedule, through
+`LatentDiffusionSampler.with_schedule`, which shares the loaded networks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from scripts.sampling import SCHEDULERS, LatentDiffusionSampler
+
+from lib.request_params import RequestError, choice, integer
+
+#: Seeds seed numpy and torch generators alike.
+MAX_SEED = 2**32 - 1
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """What one request asks of the sampler."""
+
+    seed: int
+    sampler: str
+    num_inference_steps: int
+
+
+@dataclass(frozen=True)
+class SamplingLimits:
+    """Defaults (from the bundle config) and the bounds a request must respect."""
+
+    seed: int
+    sampler: str
+    num_inference_steps: int
+    max_inference_steps: int
+    train_steps: int
+
+    def parse(self, request: Mapping[str, Any]) -> SamplingParams:
+        """The request's sampling parameters, each checked; a refusal names the parameter."""
+        sampler = choice(request, "sampler", self.sampler, sorted(SCHEDULERS))
+        steps = integer(request, "num_inference_steps", self.num_inference_steps, 1, self.max_inference_steps)
+        if sampler == "ddpm" and self.train_steps > self.max_inference_steps:
+            raise RequestError(
+                "sampler", f"ddpm runs all {self.train_steps} training steps, more than this server's max_inference_steps ({self.max_inference_steps})"
+            )
+        return SamplingParams(integer(request, "seed", self.seed, 0, MAX_SEED), sampler, steps)
+
+    def as_config(self) -> dict[str, Any]:
+        """The defaults, as MONAI Label shows a task's config to clients."""
+        return {"seed": self.seed, "sampler": self.sampler, "num_inference_steps": self.num_inference_steps}
+
+
+def sampling_limits(generator: LatentDiffusionSampler, defaults: Mapping[str, Any], max_inference_steps: int) -> SamplingLimits:
+    """Limits for `generator`: at most `max_inference_steps` and no more steps than it was trained with."""
+    train_steps = int(generator.record["noise_schedule"]["num_train_timesteps"])
+    most = min(max_inference_steps, train_steps)
+    steps = min(int(defaults["num_inference_steps"]), most)
+    return SamplingLimits(int(defaults["seed"]), str(defaults["sampler"]), steps, most, train_steps)

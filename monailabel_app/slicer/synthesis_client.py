@@ -1,0 +1,94 @@
+"""The Slicer client's logic that needs no Slicer: the request, the call through MONAILabelClient, the files it returns.
+
+Importable in plain Python (tests) and in 3D Slicer, whose MONAI Label extension ships the same
+client as `MONAILabelLib`. The server's JSON carries the tumour mask as a base64 gzipped NIfTI
+(`tumour_mask.data`); `synthesize` writes it beside the CT.
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+try:
+    from monailabel.client import MONAILabelClient
+except ImportError:  # inside 3D Slicer: the MONAI Label extension's copy of the client
+    from MONAILabelLib import MONAILabelClient
+
+TASK, TUMOUR_TASK = "synthesize", "synthesize_tumor"
+#: Any image id will do for unconditional sampling; the endpoint only needs one.
+NO_IMAGE = "synthetic"
+MASK_FORMAT = "nifti-gz-base64"
+
+
+@dataclass(frozen=True)
+class Synthesis:
+    """A generated case on this machine: the CT file, the tumour mask file (if any) and the server's description."""
+
+    ct_path: Path
+    mask_path: Path | None
+    info: dict[str, Any]
+
+
+def ras_to_voxel(ras_mm: Sequence[float], ras_to_ijk: np.ndarray) -> list[float]:
+    """A world point (RAS mm, as Slicer's markups give it) as the voxel position [i, j, k] the server expects."""
+    return (np.asarray(ras_to_ijk, float) @ [*map(float, ras_mm), 1.0])[:3].tolist()
+
+
+def request_params(
+    seed: int,
+    num_inference_steps: int,
+    sampler: str = "ddim",
+    foreground: Sequence[Sequence[float]] | None = None,
+    tumor_diameter_mm: float | None = None,
+) -> dict[str, Any]:
+    """The params JSON of a synthesis request, with only the values that are set."""
+    params: dict[str, Any] = {"seed": int(seed), "num_inference_steps": int(num_inference_steps), "sampler": sampler}
+    if foreground:
+        params["foreground"] = [[float(c) for c in point] for point in foreground]
+    if tumor_diameter_mm is not None:
+        params["tumor_diameter_mm"] = float(tumor_diameter_mm)
+    return params
+
+
+def save_mask(info: dict[str, Any], path: Path) -> Path | None:
+    """Write the tumour mask carried in the server's JSON to `path` (.nii.gz); None when the result has no mask."""
+    mask = info.get("tumour_mask")
+    if mask is None:
+        return None
+    if mask.get("format") != MASK_FORMAT:
+        raise ValueError(f"tumour_mask comes as {mask.get('format')!r}; this client reads {MASK_FORMAT!r}")
+    path.write_bytes(base64.b64decode(mask["data"], validate=True))
+    return path
+
+
+def synthesize(
+    server_url: str,
+    model: str,
+    params: dict[str, Any],
+    out_dir: Path,
+    image_id: str = NO_IMAGE,
+    image_file: Path | None = None,
+    label_file: Path | None = None,
+) -> Synthesis:
+    """Run `model` on the server; the CT and mask land in `out_dir` as `<model>_seed<N>_ct.nii.gz` and `_mask.nii.gz`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        client = MONAILabelClient(server_url, tmpdir=scratch)
+        received, info = client.infer(
+            model, "" if image_file else image_id, dict(params), label_in=str(label_file) if label_file else None, file=str(image_file) if image_file else None
+        )
+        if received is None or Path(received).resolve().parent != Path(scratch).resolve():
+            raise ValueError(f"the server sent no CT file, or named it outside the download folder: {received!r}")
+        stem = f"{model}_seed{info['seed']}"
+        ct_path = Path(shutil.move(received, out / f"{stem}_ct.nii.gz"))
+    mask_path = save_mask(info, out / f"{stem}_mask.nii.gz")
+    return Synthesis(ct_path, mask_path, {key: value for key, value in info.items() if key != "tumour_mask"})
