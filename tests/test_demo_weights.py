@@ -1,4 +1,6 @@
-"""The shipped demo weights: small, and sampling them with the documented command gives a CT-like volume."""
+"""The shipped demo weights: small; the documented commands give a CT-like volume, and a tumour where asked."""
+
+import json
 
 import nibabel as nib
 import numpy as np
@@ -10,8 +12,8 @@ DEMO = BUNDLE / "models" / "demo"
 
 
 def test_demo_weights_are_small():
-    sizes = [p.stat().st_size for p in DEMO.glob("*.pt")]
-    assert len(sizes) == 2 and sum(sizes) < 25 * 2**20
+    sizes = {p.name: p.stat().st_size for p in DEMO.glob("*.pt")}
+    assert set(sizes) == {"autoencoder.pt", "diffusion.pt", "controlnet.pt"} and sum(sizes.values()) < 25 * 2**20
 
 
 def test_default_model_dir_prefers_trained_weights_over_the_demo(tmp_path):
@@ -23,10 +25,10 @@ def test_default_model_dir_prefers_trained_weights_over_the_demo(tmp_path):
     assert default_model_dir(tmp_path) == tmp_path / "models"
 
 
-def _sample(output_dir):
-    overrides = {"model_dir": str(DEMO), "output_dir": str(output_dir), "num_samples": 1, "seed": 7}
-    run_bundle(["inference.json"], {**overrides, "sampler": "ddim", "num_inference_steps": 10})
-    image = nib.load(output_dir / "sample_seed7_ct.nii.gz")
+def _sample(output_dir, seed=7, steps=10):
+    overrides = {"model_dir": str(DEMO), "output_dir": str(output_dir), "num_samples": 1, "seed": seed}
+    run_bundle(["inference.json"], {**overrides, "sampler": "ddim", "num_inference_steps": steps})
+    image = nib.load(output_dir / f"sample_seed{seed}_ct.nii.gz")
     return image, np.asanyarray(image.dataobj)
 
 
@@ -36,11 +38,29 @@ def test_demo_sample_is_ct_like_and_reproducible(tmp_path):
     assert np.array_equal(hu, again), "the same seed gives the same volume"
     assert hu.dtype == np.int16 and hu.shape == (64, 64, 64)
     assert np.allclose(np.diag(image.affine)[:3], [7.0, 7.0, 5.5])
-    body = ndimage.binary_fill_holes(hu > -400)
-    body = ndimage.binary_opening(body, iterations=2)
+    in_plane = np.ones((3, 3, 1), bool)  # the airway opens the lungs to the outside in 3D, not within a slice
+    body = ndimage.binary_opening(ndimage.binary_fill_holes(hu > -400, structure=in_plane), iterations=2)
     assert (hu < -900).mean() > 0.2, "air around the patient"
     assert 0.1 < body.mean() < 0.8, "a body"
     soft = ((hu > -150) & (hu < 150))[body].mean()
     lungs = ((hu > -1000) & (hu < -600))[body].mean()
     assert soft > 0.25, f"soft tissue fills much of the body ({soft:.2f})"
     assert lungs > 0.05, f"air-filled lungs inside the body ({lungs:.2f})"
+
+
+def _tumour_sample(output_dir, centre):
+    overrides = {"model_dir": str(DEMO), "output_dir": str(output_dir), "seed": 11, "num_inference_steps": 25}
+    run_bundle(["inference_tumor.json"], {**overrides, "tumor_center_mm": centre, "tumor_diameter_mm": 40.0})
+    mask = np.asanyarray(nib.load(output_dir / "sample_seed11_mask.nii.gz").dataobj) > 0
+    return json.loads((output_dir / "sample_seed11_adherence.json").read_text()), mask
+
+
+def test_demo_tumour_goes_where_it_is_asked(tmp_path):
+    reports = {}
+    for side, x in (("right", 80.0), ("left", -80.0)):  # RAS: +x is the patient's right
+        reports[side], mask = _tumour_sample(tmp_path / side, [x, 0.0, 20.0])
+        report = reports[side]
+        assert report["mask_soft_tissue_fraction"] > 0.5, f"most of the {side} mask becomes soft tissue: {report}"
+        assert report["centroid_distance_mm"] is not None and report["centroid_distance_mm"] < 20.0, report
+    _, plain = _sample(tmp_path / "plain", seed=11, steps=25)
+    assert (plain[mask] > -300).mean() < reports["left"]["mask_soft_tissue_fraction"] - 0.3, "without the mask, no tumour there"
