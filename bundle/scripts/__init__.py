@@ -14,6 +14,7 @@ from scripts import (
     losses,
     networks,
     sampling,
+    schedules,
     tumour_masks,
     volumes,
 )

@@ -11,14 +11,17 @@ import copy
 from collections.abc import Callable
 
 import numpy as np
-import pydicom_seg
-import SimpleITK as sitk
+from monai.utils import optional_import
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import format_number_as_ds
 from skimage.measure import find_contours
 
 from scripts.dicom_grid import LPS_TO_RAS, reorient
+
+# Only the SEG writer needs these; a sampling-only install (such as a GPU benchmark machine) may lack them.
+pydicom_seg, _ = optional_import("pydicom_seg")
+sitk, _ = optional_import("SimpleITK")
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"

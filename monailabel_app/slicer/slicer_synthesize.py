@@ -40,7 +40,7 @@ def show(result: Synthesis, name: str) -> tuple:
     return volume, segmentation
 
 
-def synthesize_ct(server_url: str, seed: int = 0, num_inference_steps: int = 50, sampler: str = "ddim") -> tuple:
+def synthesize_ct(server_url: str, seed: int = 0, num_inference_steps: int = 25, sampler: str = "ddim") -> tuple:
     """An unconditional synthetic CT, shown in the slice views."""
     result = synthesize(server_url, TASK, request_params(seed, num_inference_steps, sampler), RESULTS)
     return show(result, f"synthetic CT seed {seed}")
@@ -78,7 +78,7 @@ def synthesize_with_tumour(
     segment_id: str | None = None,
     diameter_mm: float = 30.0,
     seed: int = 0,
-    num_inference_steps: int = 50,
+    num_inference_steps: int = 25,
     sampler: str = "ddim",
 ) -> tuple:
     """A synthetic CT with a tumour at the markups' points, or in the segment, of `volume` (which is uploaded)."""

@@ -1,0 +1,255 @@
+"""Performance benchmark of the bundle: sampling speed and quality, speed options, FLOPs, tiled decoding, training speed and memory.
+
+Usage (from the repository root; the same command on a CUDA machine and on a CPU):
+    .venv/bin/python bench/performance.py [--model-dir bundle/models/demo] [--rflow-diffusion PATH] [--samples 8]
+        [--samplers ddpm-1000 ddim-100 ...] [--sizes demo thesis] [--only sampling variants flops decoding training]
+        [--override KEY=JSON ...] [--out-dir bundle/docs]
+It prints every table and writes `<out-dir>/benchmark_gpu.md` (with the card's name) or
+`benchmark_cpu.md`, and the same figures as `benchmark_<gpu|cpu>.json`. Timings mean little while
+other jobs share the machine: the header records the load and any bundle workflow running beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from configurations import SIZES, Configuration, configurations  # noqa: E402
+from decoding import decode_memory_rows, tiling_rows  # noqa: E402
+from flops import flops_rows, matmul_peak_tflops, network_seconds  # noqa: E402
+from measure import device_memory_gib, machine  # noqa: E402
+from sampling_speed import (  # noqa: E402
+    TrainedModel,
+    default_sampler,
+    evaluation_parser,
+    predicted_rows,
+    reference_dir,
+    trained_sampler_rows,
+    variant_rows,
+)
+from scripts.networks import AUTOENCODER_FILE, DIFFUSION_FILE  # noqa: E402
+from scripts.report import markdown_table  # noqa: E402
+from training_speed import STAGES, autoencoder_memory_options, benchmark_stage  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = ("sampling", "flops", "decoding", "training", "variants")  # variants last: torch.compile may take long
+SAMPLERS = ["ddpm-1000", "ddim-100", "ddim-50", "ddim-25", "ddim-10", "rflow-30", "rflow-10"]
+
+#: Speed options of the default sampler, by name (float16 and compile are tried on CUDA by default).
+VARIANTS = {
+    "float32": {"precision": "float32"},
+    "bfloat16": {"precision": "bfloat16"},
+    "float16": {"precision": "float16"},
+    "compile": {"compile": True},
+    "tiled": {"decode_tile": "half"},
+    "batch4": {"batch_size": 4},
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options; see the module docstring."""
+    cuda = torch.cuda.is_available()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if cuda else "cpu")
+    parser.add_argument("--model-dir", type=Path, default=ROOT / "bundle" / "models" / "demo", help="trained (DDPM) weights to sample")
+    parser.add_argument("--rflow-diffusion", type=Path, default=None, help="a diffusion.pt trained with configs/rflow.json on the same autoencoder")
+    parser.add_argument("--reference-dir", type=Path, default=None, help="reference CTs for FID (default: held-out phantoms)")
+    parser.add_argument("--reference-cases", type=int, default=16)
+    parser.add_argument("--feature-weights", type=Path, default=None, help="RadImageNet ResNet-50 weights for FID (default: the autoencoder)")
+    parser.add_argument("--samples", type=int, default=8, help="volumes per sampler for FID")
+    parser.add_argument("--samplers", nargs="+", default=SAMPLERS)
+    parser.add_argument("--variants", nargs="+", default=[v for v in VARIANTS if cuda or v not in ("float16", "compile")], choices=list(VARIANTS))
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES), help=f"configurations among {list(SIZES)}")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=JSON", help="config override for every size (repeatable)")
+    parser.add_argument("--only", nargs="+", default=list(SECTIONS), choices=SECTIONS)
+    parser.add_argument("--decode-grids", nargs="+", type=int, default=[128, 256], help="grids of the thesis decoder's memory estimate")
+    parser.add_argument("--train-iterations", type=int, default=2, help="timed iterations per training measurement (after one warm-up)")
+    parser.add_argument("--max-batch", type=int, default=32, help="largest training batch size tried")
+    parser.add_argument("--memory-budget-gib", type=float, default=None, help="default: 90%% of the GPU, or half the available RAM")
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "bundle" / "docs")
+    parser.add_argument("--work-dir", type=Path, default=None, help="samples and reference phantoms (default: a temporary folder)")
+    return parser.parse_args(argv)
+
+
+def overrides(pairs: list[str]) -> dict[str, Any]:
+    """`KEY=JSON` pairs as a dict; the error names --override."""
+    result = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--override takes KEY=JSON, got {pair!r}")
+        result[key] = json.loads(value)
+    return result
+
+
+def has_weights(model_dir: Path) -> bool:
+    """Whether `model_dir` holds an autoencoder and a diffusion checkpoint."""
+    return (model_dir / AUTOENCODER_FILE).is_file() and (model_dir / DIFFUSION_FILE).is_file()
+
+
+def sampling_section(args: argparse.Namespace, device: torch.device, work_dir: Path) -> dict[str, Any]:
+    """Seconds per volume and FID of every sampler on the trained weights, and the default sampler's verdict."""
+    model = TrainedModel.load(args.model_dir, args.rflow_diffusion, device)
+    grid = model.diffusions["ddpm"][1]["image_size"][0]
+    reference = reference_dir(args.reference_dir, work_dir, args.reference_cases)
+    parser = evaluation_parser(model, reference, work_dir, grid, device, args.feature_weights)
+    rows = trained_sampler_rows(model, args.samplers, parser, list(range(args.samples)), work_dir, device)
+    return {"model_dir": str(args.model_dir), "grid": grid, "feature_network": parser.get_parsed_content("feature_network").name, "rows": rows, "verdict": verdict(rows)}
+
+
+def verdict(rows: list[dict[str, Any]]) -> str:
+    """The default sampler against DDPM-1000: speed-up and FID of both."""
+    by_name = {r["sampler"]: r for r in rows}
+    default, ddpm = by_name.get(default_sampler()), by_name.get("ddpm-1000")
+    if default is None or ddpm is None:
+        return f"default sampler {default_sampler()} or ddpm-1000 not run"
+    speedup = ddpm["seconds_per_volume"] / default["seconds_per_volume"]
+    return (
+        f"default sampler {default['sampler']}: {speedup:.1f}x faster than ddpm-1000 "
+        f"({default['seconds_per_volume']:.2f} s vs {ddpm['seconds_per_volume']:.2f} s per volume); "
+        f"FID {default['fid_2p5d']:.4g} vs {ddpm['fid_2p5d']:.4g} (lower is better)"
+    )
+
+
+def variants_section(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
+    """The default sampler with each speed option, on the trained weights."""
+    model = TrainedModel.load(args.model_dir, args.rflow_diffusion, device)
+    half_latent = model.diffusions["ddpm"][1]["latent_shape"][1] // 2
+    variants = [{k: half_latent if v == "half" else v for k, v in VARIANTS[name].items()} for name in args.variants]
+    return variant_rows(model, default_sampler(), variants, device)
+
+
+def flops_section(configs: list[Configuration], samplers: list[str], device: torch.device) -> dict[str, Any]:
+    """FLOPs and achieved fraction of the measured peak per configuration, and sampling times predicted from them."""
+    dtypes = {"float32": torch.float32, **({"bfloat16": torch.bfloat16} if device.type == "cuda" else {})}
+    peaks = {name: matmul_peak_tflops(device, dtype) for name, dtype in dtypes.items()}
+    rows, predicted = [], []
+    for config in configs:
+        for precision in dtypes:
+            seconds = network_seconds(config, device, precision)
+            rows += flops_rows(config, seconds, peaks[precision], precision)
+            predicted += [{**r, "precision": precision} for r in predicted_rows(config, samplers, seconds)]
+    return {"peak_tflops": peaks, "rows": rows, "predicted_sampling": predicted}
+
+
+def decoding_section(args: argparse.Namespace, device: torch.device, configs: list[Configuration]) -> dict[str, Any]:
+    """Whole versus tiled decoding on the trained weights (measured) and of the thesis decoder at 128^3 and 256^3 (estimated)."""
+    model = TrainedModel.load(args.model_dir, args.rflow_diffusion, device)
+    sampler = model.sampler(default_sampler(), device)
+    latent = sampler.record["latent_shape"][1]
+    measured = tiling_rows(sampler, [None, latent // 2])
+    thesis = [c for c in configs if c.name == "thesis"]
+    large = [Configuration(c.name, c.overlays, {**c.overrides, "grid_size": g}) for c in thesis for g in args.decode_grids]
+    return {"measured": measured, "estimated": decode_memory_rows(large, [None, 32, 16])}
+
+
+def training_section(args: argparse.Namespace, device: torch.device, configs: list[Configuration]) -> dict[str, Any]:
+    """Seconds per iteration and peak memory per stage and configuration; autoencoder memory options at the thesis size."""
+    budget = args.memory_budget_gib or (0.9 if device.type == "cuda" else 0.5) * device_memory_gib(device)
+    rows = [row for config in configs for stage in STAGES for row in benchmark_stage(config, stage, device, args.train_iterations, args.max_batch, budget)]
+    options = [row for config in configs if config.name == "thesis" for row in autoencoder_memory_options(config)]
+    return {"memory_budget_gib": budget, "rows": rows, "autoencoder_memory_options": options}
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The benchmark as a Markdown page: machine and conditions, then one table per section."""
+    m = results["machine"]
+    lines = [
+        f"# Performance benchmark ({m['device_type'].upper()}: {m['device']})",
+        "",
+        f"Measured {results['date']} with `{results['command']}`.",
+        f"Machine: {m['device']}, {m['cpu_cores']} CPU cores, {m['torch_threads']} torch threads, {m['memory_gib']} GiB "
+        f"{'GPU memory' if m['device_type'] == 'cuda' else 'RAM available'}, torch {m['torch']}.",
+        f"Load: 1-minute load average {m['load_average_1min']} at the start; {m['other_bundle_workflows_running']} other `monai.bundle run` processes running.",
+        "",
+    ]
+    for title, text, table in section_tables(results):
+        lines += [f"## {title}", "", text, "", markdown_table(uniform(table)) if table else "(no rows)", ""]
+    return "\n".join(lines)
+
+
+def uniform(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows with every column any of them has (missing cells empty), in first-seen order, for one table."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    return [{c: row.get(c) for c in columns} for row in rows]
+
+
+def section_tables(results: dict[str, Any]) -> list[tuple[str, str, list[dict[str, Any]]]]:
+    """(title, explanation, rows) of each section that ran."""
+    tables = []
+    if "sampling" in results:
+        s = results["sampling"]
+        text = (
+            f"Trained weights `{s['model_dir']}` ({s['grid']}^3), batch 1, the same seeds for every sampler; seconds from noise to HU volume. "
+            f"FID: 2.5D, features from the {s['feature_network']}, against held-out phantoms. {s['verdict']}."
+        )
+        tables.append(("Sampling: speed and quality per sampler", text, s["rows"]))
+    if "variants" in results:
+        text = "The default sampler with one speed option each (4 seeds); `max_abs_hu_difference` is against the float32 batch-1 volumes of the same seeds."
+        tables.append(("Sampling: speed options", text, results["variants"]))
+    if "flops" in results:
+        f = results["flops"]
+        peaks = ", ".join(f"{k} {v:.3g} TFLOP/s" for k, v in f["peak_tflops"].items())
+        tables.append(("FLOPs and achieved fraction of peak", f"Untrained networks, batch 1. Measured matmul peak: {peaks}.", f["rows"]))
+        tables.append(("Sampling time per volume, predicted", "Steps x one timed U-Net step + one timed decode (untrained networks; DDPM runs all 1000 steps).", f["predicted_sampling"]))
+    if "decoding" in results:
+        d = results["decoding"]
+        tables.append(("Tiled decoding, measured", "One random latent on the trained weights, decoded whole and in tiles of `decode_tile` latent voxels (whole-volume norm statistics, halo as wide as the receptive field).", d["measured"]))
+        tables.append(("Decoding memory, estimated", "Thesis decoder, float32, tiles of 32 and 16 latent voxels, live tensor bytes on fake tensors (an estimate of CUDA max allocated): as loaded for sampling (scaled dot-product attention) and with the explicit attention matrix (without the memory-efficient kernel).", d["estimated"]))
+    if "training" in results:
+        t = results["training"]
+        text = (
+            f"Each stage's own trainer on a synthetic batch, after one warm-up iteration; batch 1 and the largest that ran within "
+            f"{t['memory_budget_gib']:.1f} GiB (or up to --max-batch). `estimated_gib`: live tensors on fake tensors at this run's precision."
+        )
+        tables.append(("Training: seconds per iteration and peak memory", text, t["rows"]))
+        tables.append(("Autoencoder training memory options, estimated", "One VAE-GAN iteration, live tensor bytes on fake tensors (GPU estimate).", t["autoencoder_memory_options"]))
+    return tables
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the selected sections, print their tables, write the Markdown page and JSON; returns the results."""
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    configs = configurations(args.sizes, overrides(args.override))
+    results: dict[str, Any] = {"machine": machine(device), "date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(["bench/performance.py", *(argv or sys.argv[1:])])}
+    trained = has_weights(args.model_dir)
+    if not trained:
+        print(f"no trained weights in {args.model_dir}: skipping the sampling, variants and decoding measurements that need them")
+    sections = {
+        "sampling": lambda: sampling_section(args, device, work_dir),
+        "variants": lambda: variants_section(args, device),
+        "flops": lambda: flops_section(configs, args.samplers, device),
+        "decoding": lambda: decoding_section(args, device, configs),
+        "training": lambda: training_section(args, device, configs),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        work_dir = args.work_dir or Path(tmp)
+        for name in (n for n in SECTIONS if n in args.only and (trained or n in ("flops", "training"))):
+            start = time.perf_counter()
+            results[name] = sections[name]()
+            print(f"{name}: measured in {time.perf_counter() - start:.0f} s", flush=True)
+            write_results(results, args.out_dir, device)
+    print(markdown(results))
+    return results
+
+
+def write_results(results: dict[str, Any], out_dir: Path, device: torch.device) -> None:
+    """Write the page and the JSON of the sections measured so far (after each one, so a run cut short keeps them)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kind = "gpu" if device.type == "cuda" else "cpu"
+    (out_dir / f"benchmark_{kind}.md").write_text(markdown(results))
+    (out_dir / f"benchmark_{kind}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()
