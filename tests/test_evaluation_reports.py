@@ -104,6 +104,12 @@ def test_generation_evaluation_names_an_empty_samples_folder(trained, tmp_path, 
     assert done.returncode != 0 and f"no *_ct.nii.gz files in {tmp_path}" in done.stdout + done.stderr
 
 
+def test_reference_datalist_with_empty_splits(tmp_path):
+    write_phantoms(str(tmp_path), n=2, size=32, seed=5, val_fraction=0.0, test_fraction=0.0)
+    assert json.loads((tmp_path / "datalist.json").read_text())["test"] == []
+    assert sorted(item["image"].split("/")[-2] for item in reference_items(tmp_path)) == ["PHANTOM-001", "PHANTOM-002"]
+
+
 def test_reference_folder_of_nifti_and_input_checks(generation_inputs, tmp_path):
     samples, reference = generation_inputs
     from_datalist = reference_items(reference)

@@ -19,7 +19,7 @@ from scripts.controlnet import (
     weighted_mse,
 )
 from scripts.labels import LABELS
-from scripts.networks import load_controlnet
+from scripts.networks import load_controlnet, load_diffusion
 from scripts.phantoms import draw_anatomy, render_phantom
 from scripts.preprocess import preprocessing_chain
 from scripts.tumour_masks import mask_from_centre, mask_from_file, requested_mask
@@ -177,6 +177,17 @@ def test_controlnet_trains_and_records_its_settings(trained):
     assert record["network"]["conditioning_embedding_num_channels"] == TINY["controlnet_embedding_channels"]
     changed = [k for k, v in controlnet.state_dict().items() if not torch.equal(v, trained.initial_controlnet[k])]
     assert len(changed) > 0.5 * len(trained.initial_controlnet)
+
+
+def test_controlnet_fine_tuning_starts_from_given_weights(trained):
+    unet, record = load_diffusion(trained.dir / "diffusion.pt")
+    trained_controlnet, controlnet_record = load_controlnet(trained.dir / "controlnet.pt")
+    factor = record["image_size"][0] // record["latent_shape"][1]
+    warm = controlnet_from_unet(unet, controlnet_record["network"], factor, str(trained.dir / "controlnet.pt"))
+    assert all(torch.equal(v, trained_controlnet.state_dict()[k]) for k, v in warm.state_dict().items())
+    other = {**controlnet_record["network"], "conditioning_embedding_num_channels": [4, 16, 16]}
+    with pytest.raises(ValueError, match="controlnet_init_path .* holds another ControlNet architecture"):
+        controlnet_from_unet(unet, other, factor, str(trained.dir / "controlnet.pt"))
 
 
 def test_inference_tumor_writes_ct_mask_and_adherence(trained, tmp_path):

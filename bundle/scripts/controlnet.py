@@ -17,6 +17,8 @@ from monai.engines.utils import DiffusionPrepareBatch
 from monai.networks.nets import ControlNet, DiffusionModelUNet
 from monai.transforms import MapTransform, RandomizableTransform
 
+from scripts.checkpoint import load_checkpoint
+
 #: Channels of the conditioning mask, in order.
 CONDITION_CHANNELS = ("tumour", "lungs")
 
@@ -32,8 +34,14 @@ def controlnet_kwargs(unet_kwargs: Mapping[str, Any], embedding_channels: Sequen
     return kwargs
 
 
-def controlnet_from_unet(unet: DiffusionModelUNet, kwargs: Mapping[str, Any], latent_downsampling: int) -> ControlNet:
-    """A ControlNet with the U-Net's encoder weights copied in (its zero convolutions start at zero)."""
+def controlnet_from_unet(
+    unet: DiffusionModelUNet, kwargs: Mapping[str, Any], latent_downsampling: int, init_path: str | None = None
+) -> ControlNet:
+    """A ControlNet with the U-Net's encoder weights copied in (its zero convolutions start at zero).
+
+    With `init_path` (a trained `controlnet.pt` of the same architecture) it starts from those weights
+    instead: a fine-tuning run, for instance with another learning rate or tumour loss weight.
+    """
     factor = 2 ** (len(kwargs["conditioning_embedding_num_channels"]) - 1)
     if factor != latent_downsampling:
         raise ValueError(
@@ -41,7 +49,13 @@ def controlnet_from_unet(unet: DiffusionModelUNet, kwargs: Mapping[str, Any], la
             f"{latent_downsampling}x smaller than the image: give it {latent_downsampling.bit_length()} entries"
         )
     controlnet = ControlNet(**kwargs)
-    controlnet.load_state_dict(unet.state_dict(), strict=False)
+    if init_path is None:
+        controlnet.load_state_dict(unet.state_dict(), strict=False)
+    else:
+        checkpoint = load_checkpoint(init_path, ("controlnet", "controlnet_record"))
+        if checkpoint["controlnet_record"]["network"] != dict(kwargs):
+            raise ValueError(f"controlnet_init_path {init_path} holds another ControlNet architecture than this configuration builds")
+        controlnet.load_state_dict(checkpoint["controlnet"])
     return controlnet.to(next(unet.parameters()).device)
 
 

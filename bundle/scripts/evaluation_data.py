@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -22,7 +23,9 @@ def reference_items(reference_dir: str | Path) -> list[dict]:
     if not folder.is_dir():
         raise FileNotFoundError(f"reference_dir not found: {folder}")
     if (folder / DATALIST).is_file():
-        items = [item for split in SPLITS for item in load_decathlon_datalist(str(folder / DATALIST), True, split)]
+        splits = json.loads((folder / DATALIST).read_text())
+        # MONAI's loader fails on an empty split (a datalist written with no test share has "test": []).
+        items = [item for split in SPLITS if splits.get(split) for item in load_decathlon_datalist(str(folder / DATALIST), True, split)]
     else:
         items = [{"image": str(p), "case": p.name.removesuffix(".nii.gz")} for p in sorted(folder.glob("*.nii.gz"))]
     if not items:
