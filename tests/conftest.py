@@ -32,6 +32,11 @@ TINY = {
 }
 
 
+def training_overrides(phantom_dir: Path, folder: Path) -> dict:
+    """TINY networks trained on `phantom_dir`, with checkpoints, logs and the cache in `folder`."""
+    return {**TINY, "dataset_dir": str(phantom_dir), "ckpt_dir": str(folder), "log_dir": str(folder / "logs"), "cache_dir": str(folder / "cache")}
+
+
 def run_bundle(configs: list[str], overrides: dict, cwd: Path = BUNDLE, check: bool = True) -> subprocess.CompletedProcess:
     """Run `python -m monai.bundle run` from the bundle folder, as a user would; returns the finished process."""
     config_file = "[" + ",".join(f"'configs/{c}'" for c in configs) + "]"
@@ -77,7 +82,7 @@ def trained(tmp_path_factory, phantom_dir) -> SimpleNamespace:
     Holds `dir` (the checkpoint folder) and the networks' weights from before training.
     """
     ckpt = tmp_path_factory.mktemp("models")
-    common = {**TINY, "dataset_dir": str(phantom_dir), "ckpt_dir": str(ckpt), "log_dir": str(ckpt / "logs"), "cache_dir": str(ckpt / "cache")}
+    common = training_overrides(phantom_dir, ckpt)
     autoencoder = train_in_process(
         ["train_autoencoder.json", "demo.json"], "autoencoder", {**common, "max_epochs": 2, "adversarial_warmup_epochs": 1}
     )

@@ -186,6 +186,7 @@ BAD_REQUESTS = {
     "negative seed": ("synthesize", {"seed": -1}, None, 400, "seed"),
     "unknown sampler": ("synthesize", {"sampler": "euler"}, None, 400, "sampler"),
     "ddpm beyond the step cap": ("synthesize", {"sampler": "ddpm"}, None, 400, "sampler"),
+    "sampler of another training schedule": ("synthesize", {"sampler": "rflow"}, None, 400, "sampler"),
     "diameter of 1 km": ("synthesize_tumor", {"foreground": CLICK, "tumor_diameter_mm": 1e6}, None, 400, "tumor_diameter_mm"),
     "diameter as text": ("synthesize_tumor", {"foreground": CLICK, "tumor_diameter_mm": "big"}, None, 400, "tumor_diameter_mm"),
     "click of two numbers": ("synthesize_tumor", {"foreground": [[1, 2]]}, None, 400, "foreground"),

@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import BUNDLE, TINY, run_bundle, train_in_process
+from conftest import BUNDLE, TINY, run_bundle, train_in_process, training_overrides
 from monai.engines.utils import DiffusionPrepareBatch
 from monai.networks.nets import AutoencoderKL
 from monai.networks.schedulers import DDPMScheduler, RFlowScheduler
@@ -32,15 +32,7 @@ RFLOW_SCHEDULE = {"num_train_timesteps": 1000, "use_discrete_timesteps": True, "
 def rflow_dir(trained, phantom_dir, tmp_path_factory):
     """A model folder with the tiny autoencoder and a diffusion U-Net trained with rectified flow (configs/rflow.json)."""
     ckpt = tmp_path_factory.mktemp("rflow")
-    overrides = {
-        **TINY,
-        "dataset_dir": str(phantom_dir),
-        "ckpt_dir": str(ckpt),
-        "log_dir": str(ckpt / "logs"),
-        "cache_dir": str(ckpt / "cache"),
-        "autoencoder_path": str(trained.dir / "autoencoder.pt"),
-        "max_epochs": 3,
-    }
+    overrides = {**training_overrides(phantom_dir, ckpt), "autoencoder_path": str(trained.dir / "autoencoder.pt"), "max_epochs": 3}
     initial = train_in_process(["train_diffusion.json", "demo.json", "rflow.json"], "network", overrides)
     shutil.copy(trained.dir / "autoencoder.pt", ckpt / "autoencoder.pt")
     return ckpt, initial

@@ -4,7 +4,7 @@ import re
 
 import pytest
 import torch
-from conftest import TINY, run_bundle
+from conftest import TINY, run_bundle, training_overrides
 from scripts.checkpoint import ResumeFromCheckpoint, training_checkpoints
 from scripts.latents import SampleLatentd, scale_factor
 from scripts.networks import load_autoencoder, load_diffusion
@@ -57,15 +57,7 @@ def test_scaled_latents_have_unit_variance():
 
 
 def test_resume_continues_at_the_next_epoch_and_skips_broken_checkpoints(tmp_path, phantom_dir):
-    common = {
-        **TINY,
-        "dataset_dir": str(phantom_dir),
-        "ckpt_dir": str(tmp_path),
-        "log_dir": str(tmp_path / "logs"),
-        "cache_dir": str(tmp_path / "cache"),
-        "adversarial_warmup_epochs": 0,
-        "val_interval": 5,
-    }
+    common = {**training_overrides(phantom_dir, tmp_path), "adversarial_warmup_epochs": 0, "val_interval": 5}
     run_bundle(["train_autoencoder.json", "demo.json"], {**common, "max_epochs": 1})
     # A run killed while writing its next checkpoint leaves a truncated file behind.
     (tmp_path / "autoencoder_checkpoint_epoch=2.pt").write_bytes(b"truncated")

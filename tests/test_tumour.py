@@ -2,12 +2,13 @@
 
 import dataclasses
 import json
+import sys
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, run_bundle
+from conftest import BUNDLE, TINY, run_bundle
 from monai.networks.nets import DiffusionModelUNet
 from scripts.adherence import tumour_adherence
 from scripts.controlnet import (
@@ -209,3 +210,24 @@ def test_inference_tumor_refuses_a_bad_diameter(trained, tmp_path):
     done = run_bundle(["inference_tumor.json"], {**overrides, "tumor_diameter_mm": 150.0}, check=False)
     assert done.returncode != 0 and "tumor_diameter_mm must be between 5.0 and 100.0" in done.stdout + done.stderr
     assert not list(tmp_path.iterdir()), "nothing written"
+
+
+def test_adherence_benchmark_scores_conditioned_and_unconditional_samples(trained, phantom_dir, tmp_path):
+    sys.path.insert(0, str(BUNDLE.parent / "bench"))
+    import tumour_adherence
+
+    out = tmp_path / "adherence.json"
+    args = ["--model-dir", str(trained.dir), "--seeds", "0", "1", "--centres", "40,0,0;-40,0,0", "--steps", "3"]
+    result = tumour_adherence.main([*args, "--phantoms", str(phantom_dir), "--cases", "2", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert [(r["centre_mm"], r["seed"]) for r in result["rows"]] == [([40.0, 0.0, 0.0], 0), ([40.0, 0.0, 0.0], 1), ([-40.0, 0.0, 0.0], 0), ([-40.0, 0.0, 0.0], 1)]
+    for kind in ("conditioned", "unconditional"):
+        values = [r[f"{kind}_mask_soft_tissue_fraction"] for r in result["rows"]]
+        assert all(0.0 <= v <= 1.0 for v in values)
+        assert result["means"][f"{kind}_mask_soft_tissue_fraction"] == pytest.approx(np.mean(values))
+    assert result["reconstruction"], "the phantoms have tumours on the working grid"
+    for row in result["reconstruction"]:
+        assert row["gtv_voxels"] > 0 and row["original_gtv_tissue_fraction"] > 0.5, f"the mask lies on the phantom's tumour: {row}"
+        assert 0.0 <= row["reconstructed_gtv_tissue_fraction"] <= 1.0
+    missing = tumour_adherence.means([{**result["rows"][0], "conditioned_centroid_distance_mm": None}, result["rows"][1]])
+    assert missing["conditioned_centroid_distance_mm"] == result["rows"][1]["conditioned_centroid_distance_mm"]

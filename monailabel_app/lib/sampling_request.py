@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from scripts.sampling import SCHEDULERS, LatentDiffusionSampler
+from scripts.schedules import COMPATIBLE_SAMPLERS, trained_schedule
 
 from lib.request_params import RequestError, choice, integer
 
@@ -36,10 +36,11 @@ class SamplingLimits:
     num_inference_steps: int
     max_inference_steps: int
     train_steps: int
+    samplers: tuple[str, ...]
 
     def parse(self, request: Mapping[str, Any]) -> SamplingParams:
         """The request's sampling parameters, each checked; a refusal names the parameter."""
-        sampler = choice(request, "sampler", self.sampler, sorted(SCHEDULERS))
+        sampler = choice(request, "sampler", self.sampler, sorted(self.samplers))
         steps = integer(request, "num_inference_steps", self.num_inference_steps, 1, self.max_inference_steps)
         if sampler == "ddpm" and self.train_steps > self.max_inference_steps:
             raise RequestError(
@@ -52,9 +53,11 @@ class SamplingLimits:
         return {"seed": self.seed, "sampler": self.sampler, "num_inference_steps": self.num_inference_steps}
 
 
-def sampling_limits(generator: LatentDiffusionSampler, defaults: Mapping[str, Any], max_inference_steps: int) -> SamplingLimits:
-    """Limits for `generator`: at most `max_inference_steps` and no more steps than it was trained with."""
-    train_steps = int(generator.record["noise_schedule"]["num_train_timesteps"])
+def sampling_limits(record: Mapping[str, Any], defaults: Mapping[str, Any], max_inference_steps: int) -> SamplingLimits:
+    """Limits for the diffusion model of `record`: at most `max_inference_steps`, no more steps than it was trained
+    with, and only the samplers its training schedule admits (DDPM/DDIM, or RFlow)."""
+    train_steps = int(record["noise_schedule"]["num_train_timesteps"])
     most = min(max_inference_steps, train_steps)
     steps = min(int(defaults["num_inference_steps"]), most)
-    return SamplingLimits(int(defaults["seed"]), str(defaults["sampler"]), steps, most, train_steps)
+    samplers = COMPATIBLE_SAMPLERS[trained_schedule(record)]
+    return SamplingLimits(int(defaults["seed"]), str(defaults["sampler"]), steps, most, train_steps, samplers)

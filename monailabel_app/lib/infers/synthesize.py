@@ -35,7 +35,7 @@ class Synthesize(InferTask):
     def from_bundle(cls, conf: AppConf) -> Synthesize:
         """The task with its networks loaded once from the bundle's config and weights."""
         bundle = load_generator(cls.config_file, conf.bundle_dir, conf.model_dir, cls.default_keys())
-        return cls(bundle, sampling_limits(bundle.generator, bundle.defaults, conf.max_inference_steps))
+        return cls(bundle, sampling_limits(bundle.generator.record, bundle.defaults, conf.max_inference_steps))
 
     @classmethod
     def default_keys(cls) -> tuple[str, ...]:
