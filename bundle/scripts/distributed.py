@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import logging
 import os
 
@@ -12,6 +14,9 @@ from monai.data import DistributedSampler
 from torch.nn.parallel import DistributedDataParallel
 
 logger = logging.getLogger(__name__)
+
+#: Numbers the key-value exchanges, so each uses fresh keys; every rank makes them in the same order.
+_exchange_count = itertools.count()
 
 
 def is_distributed() -> bool:
@@ -56,30 +61,37 @@ def mean_across_ranks(value: float) -> float:
     """The mean of `value` over all ranks (e.g. the latent scale factor, estimated on each rank)."""
     if not is_distributed():
         return value
-    tensor = torch.tensor([float(value)], dtype=torch.float64, device=_reduction_device())
-    dist.all_reduce(tensor)
-    return float(tensor.item()) / dist.get_world_size()
+    values = [float.fromhex(v.decode()) for v in _exchange(float(value).hex().encode())]
+    return sum(values) / len(values)
 
 
-def check_replicas(module: torch.nn.Module) -> float:
-    """Largest difference between this rank's weights and rank 0's; raises if the replicas drifted apart."""
+def check_replicas(module: torch.nn.Module) -> None:
+    """Raise if this rank's weights are not bit for bit rank 0's (the DDP replicas drifted apart)."""
     if not is_distributed():
-        return 0.0
-    flat = torch.cat([p.detach().flatten().double() for p in module.parameters()]).to(_reduction_device())
-    reference = flat.clone()
-    dist.broadcast(reference, src=0)
-    difference = (flat - reference).abs().max()
-    dist.all_reduce(difference, op=dist.ReduceOp.MAX)
-    if difference.item() > 0:
-        raise RuntimeError(f"DDP replicas differ by up to {difference.item():.3g} across {dist.get_world_size()} ranks")
-    logger.info("weights identical on all %d ranks", dist.get_world_size())
-    return float(difference.item())
+        return
+    weights = torch.cat([p.detach().flatten().double().cpu() for p in module.parameters()])
+    digests = _exchange(hashlib.sha256(weights.numpy().tobytes()).hexdigest().encode())
+    differ = [r for r, digest in enumerate(digests) if digest != digests[0]]
+    if differ:
+        raise RuntimeError(f"DDP replicas differ: ranks {differ} do not hold rank 0's weights ({len(digests)} ranks)")
+    logger.info("weights identical on all %d ranks", len(digests))
+
+
+def _exchange(value: bytes) -> list[bytes]:
+    """Every rank's `value`, in rank order, passed through the process group's key-value store.
+
+    Not a gloo collective on purpose: gloo's worker threads release a collective's tensors shortly
+    after it completes, and when that falls in the interpreter's exit (these calls end a training run)
+    the process aborts ("terminate called without an active exception", pytorch/pytorch#179291).
+    """
+    store = dist.distributed_c10d._get_default_store()
+    prefix = f"lung_ct_ldm/exchange{next(_exchange_count)}"
+    store.set(f"{prefix}/{rank()}", value)
+    keys = [f"{prefix}/{r}" for r in range(dist.get_world_size())]
+    store.wait(keys)
+    return [store.get(key) for key in keys]
 
 
 def sampler(dataset) -> DistributedSampler | None:
     """A shuffling DistributedSampler that gives each rank its share of `dataset` under torchrun, None otherwise."""
     return DistributedSampler(dataset, shuffle=True, even_divisible=True) if is_distributed() else None
-
-
-def _reduction_device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
