@@ -26,6 +26,20 @@ def test_generator_loss_weights_its_terms():
     assert adversarial["total"].item() == pytest.approx(warmup["total"].item() + 0.01)
 
 
+def test_tumour_voxels_count_tumour_l1_weight_times():
+    images = torch.zeros(1, 1, 4, 4, 4)
+    tumour = torch.zeros(1, 1, 4, 4, 4)
+    tumour[..., :2, :2, :2] = 1.0  # 8 of 64 voxels
+    reconstruction = images + tumour  # error 1 inside the tumour, 0 elsewhere
+    mu, sigma = torch.zeros(1, 3, 1, 1, 1), torch.ones(1, 3, 1, 1, 1)
+    plain = AutoencoderLoss().generator(images, reconstruction, mu, sigma, None, tumour)
+    assert plain["l1"].item() == pytest.approx(8 / 64)
+    weighted = AutoencoderLoss(tumour_l1_weight=20.0).generator(images, reconstruction, mu, sigma, None, tumour)
+    assert weighted["l1"].item() == pytest.approx(20 * 8 / (20 * 8 + 56))
+    with pytest.raises(ValueError, match="tumour_loss_weight"):
+        AutoencoderLoss(tumour_l1_weight=0.5)
+
+
 def test_perceptual_loss_is_off_without_weights_and_named_when_missing(tmp_path):
     assert make_perceptual_loss(None) is None
     with pytest.raises(FileNotFoundError, match="perceptual_weights_path"):

@@ -1,10 +1,11 @@
 """Training stages through `python -m monai.bundle run`: weights change, checkpoints describe themselves, runs resume."""
 
 import re
+import shutil
 
 import pytest
 import torch
-from conftest import TINY, run_bundle, training_overrides
+from conftest import TINY, run_bundle, train_in_process, training_overrides
 from scripts.checkpoint import ResumeFromCheckpoint, training_checkpoints
 from scripts.latents import SampleLatentd, scale_factor
 from scripts.networks import load_autoencoder, load_diffusion
@@ -32,6 +33,23 @@ def test_training_state_checkpoint_holds_optimizers_and_discriminator(trained):
     assert set(state) == {"autoencoder", "discriminator", "g_optimizer", "d_optimizer", "trainer"}
     assert state["trainer"]["iteration"] == 2 * state["trainer"]["epoch_length"]
     assert len(state["d_optimizer"]["state"]) > 0, "the discriminator trained in the adversarial epoch"
+
+
+def test_decoder_fine_tune_keeps_the_encoder_and_writes_its_own_file(trained, tmp_path, phantom_dir):
+    """finetune_decoder.json: the latents (and so the diffusion and ControlNet) stay valid, the original stays."""
+    shutil.copy(trained.dir / "autoencoder.pt", tmp_path / "autoencoder.pt")
+    overrides = {**training_overrides(phantom_dir, tmp_path), "max_epochs": 1}
+    initial = train_in_process(["train_autoencoder.json", "demo.json", "finetune_decoder.json"], "autoencoder", overrides)
+    original = load_autoencoder(tmp_path / "autoencoder.pt").state_dict()
+    assert all(torch.equal(initial[k], original[k]) for k in original), "training starts from autoencoder_init_path"
+    checkpoint = torch.load(tmp_path / "autoencoder_finetuned.pt", weights_only=True)
+    tuned = checkpoint["autoencoder"]
+    encoder = [k for k in original if k.startswith(("encoder.", "quant_conv"))]
+    decoder = [k for k in original if k.startswith("decoder.") and original[k].is_floating_point()]
+    assert all(torch.equal(tuned[k], original[k]) for k in encoder)
+    assert sum(not torch.equal(tuned[k], original[k]) for k in decoder) / len(decoder) > 0.9
+    assert checkpoint["autoencoder_record"]["tumour_loss_weight"] == 20.0
+    assert [p.name for p in training_checkpoints(tmp_path, "autoencoder_finetuned")] == ["autoencoder_finetuned_checkpoint_epoch=1.pt"]
 
 
 def test_diffusion_trains_and_records_scale_factor_and_schedule(trained):
@@ -89,7 +107,7 @@ def test_missing_autoencoder_is_a_clear_error(tmp_path, phantom_dir):
     assert f"checkpoint not found: {tmp_path}/autoencoder.pt" in done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("bad", [{"adversarial_warmup_epochs": -1}])
+@pytest.mark.parametrize("bad", [{"adversarial_warmup_epochs": -1}, {"tumour_loss_weight": 0.5}, {"train_encoder": False}])
 def test_bad_training_parameter_is_named(tmp_path, phantom_dir, bad):
     done = run_bundle(
         ["train_autoencoder.json", "demo.json"],

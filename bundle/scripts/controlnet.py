@@ -18,6 +18,7 @@ from monai.networks.nets import ControlNet, DiffusionModelUNet
 from monai.transforms import MapTransform, RandomizableTransform
 
 from scripts.checkpoint import load_checkpoint
+from scripts.labels import tumour_channel
 
 #: Channels of the conditioning mask, in order.
 CONDITION_CHANNELS = ("tumour", "lungs")
@@ -94,9 +95,8 @@ class ConditioningMaskd(RandomizableTransform, MapTransform):
     ) -> None:
         MapTransform.__init__(self, masks_key)
         RandomizableTransform.__init__(self, prob=lung_dropout)
-        names = list(channel_names)
-        self.tumour = [names.index("gtv_1"), names.index("gtv_other")]
-        self.lungs = names.index("lungs")
+        self.channel_names = list(channel_names)
+        self.lungs = self.channel_names.index("lungs")
         self.masks_key, self.output_key = masks_key, output_key
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
@@ -104,7 +104,7 @@ class ConditioningMaskd(RandomizableTransform, MapTransform):
         masks = torch.as_tensor(d[self.masks_key])
         self.randomize(None)
         lungs = torch.zeros_like(masks[self.lungs]) if self._do_transform else masks[self.lungs]
-        d[self.output_key] = torch.stack([masks[self.tumour].amax(0), lungs]).float()
+        d[self.output_key] = torch.cat([tumour_channel(masks, self.channel_names), lungs[None]]).float()
         return d
 
 

@@ -18,6 +18,7 @@ from monai.inferers import Inferer
 from monai.utils import CommonKeys as Keys
 from torch.utils.data import DataLoader
 
+from scripts.labels import tumour_channel
 from scripts.losses import AutoencoderLoss
 
 
@@ -38,6 +39,8 @@ class AutoencoderTrainer(Trainer):
         autoencoder, discriminator: the AutoencoderKL and PatchDiscriminator.
         g_optimizer, d_optimizer: their optimizers.
         loss: the weighted loss terms.
+        mask_channels: names of the channels of the batches' `masks`; with them the L1 term sees
+            where the tumour is (see `AutoencoderLoss.tumour_l1_weight`).
         adversarial_warmup_epochs: epochs trained without the adversarial term and discriminator,
             so the discriminator does not overpower a blurry early autoencoder.
         amp: mixed precision (CUDA only; ignored on the CPU).
@@ -54,6 +57,7 @@ class AutoencoderTrainer(Trainer):
         g_optimizer: torch.optim.Optimizer,
         d_optimizer: torch.optim.Optimizer,
         loss: AutoencoderLoss,
+        mask_channels: Sequence[str] | None = None,
         adversarial_warmup_epochs: int = 10,
         amp: bool = False,
         epoch_length: int | None = None,
@@ -75,7 +79,7 @@ class AutoencoderTrainer(Trainer):
             raise ValueError(f"adversarial_warmup_epochs must be >= 0, got {adversarial_warmup_epochs}")
         self.autoencoder, self.discriminator = autoencoder, discriminator
         self.g_optimizer, self.d_optimizer = g_optimizer, d_optimizer
-        self.loss = loss
+        self.loss, self.mask_channels = loss, mask_channels
         self.adversarial_warmup_epochs = adversarial_warmup_epochs
         self.network = autoencoder  # what MONAI handlers (e.g. ValidationHandler) look for
 
@@ -93,6 +97,9 @@ class AutoencoderTrainer(Trainer):
 
     def _iteration(self, engine: AutoencoderTrainer, batchdata: dict[str, torch.Tensor]) -> dict[str, Any]:
         images, _ = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)
+        tumour = None
+        if self.mask_channels is not None and "masks" in batchdata:
+            tumour = tumour_channel(batchdata["masks"].to(images.device), self.mask_channels, channel_dim=1)
         adversarial = engine.state.epoch > self.adversarial_warmup_epochs
         self.autoencoder.train()
         self.discriminator.train()
@@ -100,7 +107,7 @@ class AutoencoderTrainer(Trainer):
         with self._autocast():
             reconstruction, z_mu, z_sigma = self.autoencoder(images)
             fake_logits = self.discriminator(reconstruction)[-1] if adversarial else None
-            terms = self.loss.generator(images, reconstruction, z_mu, z_sigma, fake_logits)
+            terms = self.loss.generator(images, reconstruction, z_mu, z_sigma, fake_logits, tumour)
         self._step(terms["total"], self.g_optimizer)
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
 

@@ -28,6 +28,16 @@ PRECEDENCE = ("gtv_1", "gtv_other", "lungs", "heart", "oesophagus", "spinal_cord
 #: Ids that mark tumour tissue (primary and other GTVs).
 TUMOUR_IDS = (LABELS["gtv_1"], LABELS["gtv_other"])
 
+#: Mask channels (names in `mask_channels` of configs/common.json) whose union is the tumour.
+TUMOUR_CHANNELS = ("gtv_1", "gtv_other")
+
+
+def tumour_channel(masks: torch.Tensor, channel_names: Sequence[str], channel_dim: int = 0) -> torch.Tensor:
+    """The union of the GTV channels of `masks`, whose channels are named by `channel_names`; keeps the channel dim."""
+    names = list(channel_names)
+    index = torch.tensor([names.index(n) for n in TUMOUR_CHANNELS], device=masks.device)
+    return masks.index_select(channel_dim, index).amax(channel_dim, keepdim=True)
+
 
 class LabelToChannelsd(MapTransform):
     """Turn a label map into one binary channel per named group of structures, for the networks' masks.

@@ -1,4 +1,8 @@
-"""Autoencoder losses of the thesis: L1 + KL + perceptual (optional) + patch-adversarial."""
+"""Autoencoder losses of the thesis: L1 + KL + perceptual (optional) + patch-adversarial.
+
+The L1 term may weigh tumour voxels more (`tumour_l1_weight`): a small autoencoder otherwise
+learns to paint a tumour over with lung, and then no diffusion model or ControlNet can bring it back.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,15 @@ def kl_divergence(z_mu: torch.Tensor, z_sigma: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, sigma) || N(0, 1)) summed over latent voxels, averaged over the batch."""
     kl = 0.5 * (z_mu.pow(2) + z_sigma.pow(2) - torch.log(z_sigma.pow(2) + 1e-12) - 1.0)
     return kl.flatten(1).sum(1).mean()
+
+
+def weighted_l1(reconstruction: torch.Tensor, images: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean absolute error, each voxel counted `weight` times (broadcast over channels); plain L1 without a weight."""
+    error = (reconstruction - images).abs()
+    if weight is None:
+        return error.mean()
+    weight = weight.expand_as(error)
+    return (weight * error).sum() / weight.sum()
 
 
 def make_perceptual_loss(
@@ -51,8 +64,11 @@ class AutoencoderLoss:
         perceptual_weight: float = 1e-3,
         adversarial_weight: float = 1e-2,
         perceptual_loss: torch.nn.Module | None = None,
+        tumour_l1_weight: float = 1.0,
     ) -> None:
-        self.l1_weight, self.kl_weight = l1_weight, kl_weight
+        if tumour_l1_weight < 1.0:
+            raise ValueError(f"tumour_loss_weight must be >= 1 (1 weighs tumour voxels like any other), got {tumour_l1_weight}")
+        self.l1_weight, self.kl_weight, self.tumour_l1_weight = l1_weight, kl_weight, tumour_l1_weight
         self.perceptual_weight, self.adversarial_weight = perceptual_weight, adversarial_weight
         self.perceptual_loss = perceptual_loss
         self.adversarial_loss = PatchAdversarialLoss(criterion="least_squares")
@@ -64,10 +80,15 @@ class AutoencoderLoss:
         z_mu: torch.Tensor,
         z_sigma: torch.Tensor,
         fake_logits: torch.Tensor | None,
+        tumour: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Loss terms for the autoencoder; `fake_logits` is None while the adversarial term warms up."""
+        """Loss terms for the autoencoder; `fake_logits` is None while the adversarial term warms up.
+
+        `tumour` (B, 1, ...) marks the voxels whose L1 error counts `tumour_l1_weight` times.
+        """
+        weight = None if tumour is None else 1.0 + (self.tumour_l1_weight - 1.0) * tumour.float()
         terms = {
-            "l1": torch.nn.functional.l1_loss(reconstruction.float(), images.float()),
+            "l1": weighted_l1(reconstruction.float(), images.float(), weight),
             "kl": kl_divergence(z_mu.float(), z_sigma.float()),
         }
         total = self.l1_weight * terms["l1"] + self.kl_weight * terms["kl"]

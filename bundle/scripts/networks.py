@@ -40,6 +40,27 @@ def load_autoencoder(path: str | Path, device: torch.device | str = "cpu") -> Au
     return _frozen(network, device)
 
 
+def trainable_autoencoder(kwargs: dict, init_path: str | Path | None = None, train_encoder: bool = True) -> AutoencoderKL:
+    """A new AutoencoderKL from `kwargs`, started from the weights at `init_path` when one is given.
+
+    `train_encoder=False` freezes the encoder so only the decoder learns: the latents, and the
+    diffusion U-Net and ControlNet trained on them, stay valid (a decoder fine-tune).
+    """
+    network = AutoencoderKL(**kwargs)
+    if init_path:
+        weights = load_checkpoint(init_path, ("autoencoder",))["autoencoder"]
+        try:
+            network.load_state_dict(weights)
+        except RuntimeError as e:
+            raise ValueError(f"autoencoder_init_path {init_path}: its weights do not fit autoencoder_kwargs {kwargs}: {e}") from e
+    if not train_encoder:
+        if not init_path:
+            raise ValueError("train_encoder=false freezes a random encoder: set autoencoder_init_path to trained weights")
+        for module in (network.encoder, network.quant_conv_mu, network.quant_conv_log_sigma):
+            module.requires_grad_(False)
+    return network
+
+
 def load_diffusion(path: str | Path, device: torch.device | str = "cpu") -> tuple[DiffusionModelUNet, dict]:
     """The diffusion U-Net stored at `path`, frozen, and its record (scale factor, latent shape, schedule, grid)."""
     checkpoint = load_checkpoint(path, ("diffusion", "diffusion_record"))
