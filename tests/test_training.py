@@ -5,10 +5,26 @@ import shutil
 
 import pytest
 import torch
+from monai.networks.nets import AutoencoderKL, PatchDiscriminator
 from conftest import TINY, run_bundle, train_in_process, training_overrides
 from scripts.checkpoint import ResumeFromCheckpoint, training_checkpoints
 from scripts.latents import SampleLatentd, scale_factor
-from scripts.networks import load_autoencoder, load_diffusion
+from scripts.engines import AutoencoderTrainer
+from scripts.losses import AutoencoderLoss, weighted_l1
+from scripts.networks import load_autoencoder, load_diffusion, trainable_autoencoder
+
+
+#: A two-level AutoencoderKL small enough to build in a test.
+TINY_AUTOENCODER = {
+    "spatial_dims": 3,
+    "in_channels": 1,
+    "out_channels": 1,
+    "channels": [8, 8],
+    "latent_channels": 3,
+    "num_res_blocks": 1,
+    "norm_num_groups": 4,
+    "attention_levels": [False, False],
+}
 
 
 def _changed(trained_weights: dict, initial: dict) -> float:
@@ -50,6 +66,38 @@ def test_decoder_fine_tune_keeps_the_encoder_and_writes_its_own_file(trained, tm
     assert sum(not torch.equal(tuned[k], original[k]) for k in decoder) / len(decoder) > 0.9
     assert checkpoint["autoencoder_record"]["tumour_loss_weight"] == 20.0
     assert [p.name for p in training_checkpoints(tmp_path, "autoencoder_finetuned")] == ["autoencoder_finetuned_checkpoint_epoch=1.pt"]
+
+
+def test_autoencoder_trainer_weighs_the_l1_inside_the_tumour():
+    """The trainer finds the tumour in the batch's `masks` and the reported L1 counts its voxels 20 times."""
+    autoencoder = AutoencoderKL(**TINY_AUTOENCODER)
+    discriminator = PatchDiscriminator(3, channels=4, in_channels=1, num_layers_d=1)
+    masks = torch.zeros(1, 4, 16, 16, 16)
+    masks[:, 1, 4:8, 4:8, 4:8] = 1.0  # gtv_other
+    batch = {"image": torch.rand(1, 1, 16, 16, 16) * 2 - 1, "masks": masks}
+    trainer = AutoencoderTrainer(
+        device="cpu",
+        max_epochs=1,
+        train_data_loader=[batch],
+        autoencoder=autoencoder,
+        discriminator=discriminator,
+        g_optimizer=torch.optim.SGD(autoencoder.parameters(), lr=0.0),
+        d_optimizer=torch.optim.SGD(discriminator.parameters(), lr=0.0),
+        loss=AutoencoderLoss(tumour_l1_weight=20.0),
+        mask_channels=["gtv_1", "gtv_other", "lungs", "body"],
+        adversarial_warmup_epochs=1,
+    )
+    trainer.run()
+    output = trainer.state.output
+    weight = 1.0 + 19.0 * masks[:, 1:2]
+    assert output["l1"] == pytest.approx(weighted_l1(output["pred"], batch["image"], weight).item(), rel=1e-5)
+    assert output["l1"] != pytest.approx((output["pred"] - batch["image"]).abs().mean().item(), rel=1e-3)
+
+
+def test_init_weights_of_another_architecture_are_named(trained):
+    kwargs = {**TINY_AUTOENCODER, "channels": [4, 4]}  # not the trained one's [8, 16, 16]
+    with pytest.raises(ValueError, match="autoencoder_init_path"):
+        trainable_autoencoder(kwargs, trained.dir / "autoencoder.pt")
 
 
 def test_diffusion_trains_and_records_scale_factor_and_schedule(trained):

@@ -86,7 +86,8 @@ class AutoencoderLoss:
 
         `tumour` (B, 1, ...) marks the voxels whose L1 error counts `tumour_l1_weight` times.
         """
-        weight = None if tumour is None else 1.0 + (self.tumour_l1_weight - 1.0) * tumour.float()
+        weighted = tumour is not None and self.tumour_l1_weight != 1.0  # weight 1: the thesis' plain L1
+        weight = 1.0 + (self.tumour_l1_weight - 1.0) * tumour.float() if weighted else None
         terms = {
             "l1": weighted_l1(reconstruction.float(), images.float(), weight),
             "kl": kl_divergence(z_mu.float(), z_sigma.float()),
