@@ -28,7 +28,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest
 
 ## Rebuild the shipped demo weights in bundle/models/demo from phantoms (about 3.5 hours on a 2-core CPU):
-## autoencoder, then its decoder fine-tuned to draw tumours; diffusion; ControlNet, then two tumour-weighted
+## autoencoder, then its decoder fine-tuned to draw tumors; diffusion; ControlNet, then two tumor-weighted
 ## fine-tunes (learning rate 5e-4, then 1e-4 to settle).
 ## Each stage trains in a folder of bundle/runs/ (resumable: run it again after an interruption).
 DEMO_RUN = cd bundle && $(PY) -m monai.bundle run
@@ -43,10 +43,10 @@ demo-weights: $(VENV)/.installed
 		--batch_size 8 --max_epochs 160 --val_interval 25
 	$(DEMO_RUN) --config_file "['configs/train_controlnet.json','configs/demo.json']" --ckpt_dir runs/demo_controlnet_ft \
 		--autoencoder_path runs/demo/autoencoder.pt --diffusion_path runs/demo/diffusion.pt --controlnet_init_path runs/demo/controlnet.pt \
-		--learning_rate 0.0005 --tumour_loss_weight 20.0 --batch_size 8 --max_epochs 30 --val_interval 25 --log_dir runs/demo_controlnet_ft/log
+		--learning_rate 0.0005 --tumor_loss_weight 20.0 --batch_size 8 --max_epochs 30 --val_interval 25 --log_dir runs/demo_controlnet_ft/log
 	$(DEMO_RUN) --config_file "['configs/train_controlnet.json','configs/demo.json']" --ckpt_dir runs/demo_controlnet_ft2 \
 		--autoencoder_path runs/demo/autoencoder.pt --diffusion_path runs/demo/diffusion.pt --controlnet_init_path runs/demo_controlnet_ft/controlnet.pt \
-		--learning_rate 0.0001 --tumour_loss_weight 20.0 --batch_size 8 --max_epochs 10 --val_interval 5 --log_dir runs/demo_controlnet_ft2/log
+		--learning_rate 0.0001 --tumor_loss_weight 20.0 --batch_size 8 --max_epochs 10 --val_interval 5 --log_dir runs/demo_controlnet_ft2/log
 	cp bundle/runs/demo/autoencoder_finetuned.pt bundle/models/demo/autoencoder.pt
 	cp bundle/runs/demo/diffusion.pt bundle/runs/demo_controlnet_ft2/controlnet.pt bundle/models/demo/
 

@@ -21,8 +21,8 @@ from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
 
 from scripts.bundle_config import load_bundle_config  # noqa: E402
-from scripts.controlnet import controlnet_kwargs  # noqa: E402
-from scripts.networks import INFERENCE_OPTIONS  # noqa: E402
+from scripts.networks.controlnet import controlnet_kwargs  # noqa: E402
+from scripts.networks.loading import INFERENCE_OPTIONS  # noqa: E402
 
 #: Overlays of each benchmarked size.
 SIZES = {"demo": ["demo.json"], "thesis": []}

@@ -12,14 +12,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.networks.nets import AutoencoderKL
-
 from configurations import Configuration
 from measure import PeakMemory, timed
 from memory_estimate import estimate_peak_gib
-from scripts.networks import INFERENCE_OPTIONS
-from scripts.sampling import LatentDiffusionSampler
-from scripts.tiled_decoding import TiledDecoder
+from monai.networks.nets import AutoencoderKL
+
+from scripts.networks.loading import INFERENCE_OPTIONS
+from scripts.sampling.sampler import LatentDiffusionSampler
+from scripts.sampling.tiled_decoding import TiledDecoder
 
 
 def tiling_rows(sampler: LatentDiffusionSampler, tiles: Sequence[int | None], seed: int = 0) -> list[dict[str, Any]]:

@@ -11,12 +11,12 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from configurations import Configuration
+from measure import timed
 from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
 from torch.utils.flop_counter import FlopCounterMode
 
-from configurations import Configuration
-from measure import timed
-from scripts.sampling import autocast
+from scripts.sampling.sampler import autocast
 
 
 def count_flops(work: Callable[[], Any]) -> int:

@@ -23,9 +23,9 @@ import pydicom
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
 
-from scripts.dicom_index import list_files  # noqa: E402
-from scripts.ingest import ingest  # noqa: E402
-from scripts.phantom_dicom import write_phantom_dicom  # noqa: E402
+from scripts.dicom.index import list_files  # noqa: E402
+from scripts.dicom.ingest import ingest  # noqa: E402
+from scripts.phantoms.dicom_tree import write_phantom_dicom  # noqa: E402
 
 
 def best_time(run: Callable[[], object], repeat: int) -> float:

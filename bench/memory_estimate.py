@@ -15,12 +15,11 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
+from measure import GIB
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
-
-from measure import GIB
 
 
 class LiveTensorBytes(TorchDispatchMode):

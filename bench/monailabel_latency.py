@@ -25,7 +25,8 @@ sys.path[:0] = [str(ROOT / "bundle"), str(ROOT / "monailabel_app")]
 
 from local_server import phantom_study, running_server  # noqa: E402
 from monailabel.client import MONAILabelClient  # noqa: E402
-from scripts.networks import AUTOENCODER_FILE, CONTROLNET_FILE, DIFFUSION_FILE, default_model_dir  # noqa: E402
+
+from scripts.networks.loading import AUTOENCODER_FILE, CONTROLNET_FILE, DIFFUSION_FILE, default_model_dir  # noqa: E402
 
 
 def timed_infer(url: str, model: str, params: dict) -> tuple[float, dict]:

@@ -36,9 +36,10 @@ from sampling_speed import (  # noqa: E402
     trained_sampler_rows,
     variant_rows,
 )
-from scripts.networks import AUTOENCODER_FILE, DIFFUSION_FILE  # noqa: E402
-from scripts.report import markdown_table  # noqa: E402
 from training_speed import STAGES, autoencoder_memory_options, benchmark_stage  # noqa: E402
+
+from scripts.evaluation.report import markdown_table  # noqa: E402
+from scripts.networks.loading import AUTOENCODER_FILE, DIFFUSION_FILE  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("sampling", "flops", "decoding", "training", "variants")  # variants last: torch.compile may take long

@@ -15,8 +15,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
 
 from monai.data import DataLoader, Dataset, PersistentDataset, load_decathlon_datalist  # noqa: E402
 from monai.data.utils import pickle_hashing  # noqa: E402
-from scripts.phantoms import write_phantoms  # noqa: E402
-from scripts.preprocess import preprocessing_chain  # noqa: E402
+
+from scripts.phantoms.thorax import write_phantoms  # noqa: E402
+from scripts.transforms.preprocess import preprocessing_chain  # noqa: E402
 
 
 def epoch_seconds(dataset) -> float:

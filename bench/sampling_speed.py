@@ -3,7 +3,7 @@
 With trained weights (the demo weights by default) every sampler generates the same seeds; each
 volume is timed from noise to HU, written as NIfTI and scored with the bundle's own generation
 evaluation (configs/evaluate_generation.json: its sample loading, reference preprocessing and
-feature network, and `scripts.distances.fid_2p5d`) against a held-out phantom reference. The
+feature network, and `scripts.evaluation.distances.fid_2p5d`) against a held-out phantom reference. The
 real-versus-real FID of the reference's two halves is the floor. Without trained weights (the
 thesis size) a volume's time is predicted from a timed U-Net step and a timed decode.
 """
@@ -17,18 +17,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.bundle import ConfigParser
-
 from configurations import Configuration
 from measure import PeakMemory, timed
+from monai.bundle import ConfigParser
+
 from scripts.bundle_config import load_bundle_config
-from scripts.distances import fid_2p5d
-from scripts.generation_evaluation import halves, volume_features
-from scripts.networks import AUTOENCODER_FILE, DIFFUSION_FILE, load_autoencoder, load_diffusion
-from scripts.phantoms import write_phantoms
-from scripts.sampling import LatentDiffusionSampler
-from scripts.slice_features import SliceFeatures
-from scripts.volumes import centred_affine, write_nifti
+from scripts.data.volumes import centred_affine, write_nifti
+from scripts.evaluation.distances import fid_2p5d
+from scripts.evaluation.features import SliceFeatures
+from scripts.evaluation.generation import halves, volume_features
+from scripts.networks.loading import AUTOENCODER_FILE, DIFFUSION_FILE, load_autoencoder, load_diffusion
+from scripts.phantoms.thorax import write_phantoms
+from scripts.sampling.sampler import LatentDiffusionSampler
 
 
 def parse_sampler(spec: str) -> tuple[str, int]:

@@ -17,15 +17,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from configurations import Configuration
 from ignite.engine import Events
+from measure import PeakMemory, synchronize
+from memory_estimate import estimate_peak_gib, mixed_precision, state_tensors
 from monai.engines import Trainer
 from monai.networks.nets import AutoencoderKL, ControlNet, DiffusionModelUNet, PatchDiscriminator
 
-from configurations import Configuration
-from measure import PeakMemory, synchronize
-from memory_estimate import estimate_peak_gib, mixed_precision, state_tensors
-from scripts.controlnet import CONDITION_CHANNELS, ControlledUNet
-from scripts.losses import AutoencoderLoss
+from scripts.networks.controlnet import ControlledUNet
+from scripts.training.losses import AutoencoderLoss
+from scripts.transforms.conditioning import CONDITION_CHANNELS
 
 STAGES = {"autoencoder": "train_autoencoder.json", "diffusion": "train_diffusion.json", "controlnet": "train_controlnet.json"}
 
@@ -47,7 +48,7 @@ class RepeatedBatch:
 
 
 def synthetic_batch(config: Configuration, stage: str, batch_size: int) -> dict[str, torch.Tensor]:
-    """A batch shaped as the stage's data: images in [-1, 1], or latents (with a tumour mask for the ControlNet)."""
+    """A batch shaped as the stage's data: images in [-1, 1], or latents (with a tumor mask for the ControlNet)."""
     generator = torch.Generator().manual_seed(0)
     if stage == "autoencoder":
         return {"image": torch.rand((batch_size, 1, *config.image_size), generator=generator) * 2 - 1}

@@ -42,8 +42,8 @@ class PhantomStudy:
 
 def phantom_study(studies: Path, size: int = 64, seed: int = 3) -> PhantomStudy:
     """Write `studies/phantom.nii.gz`, a seeded procedural thorax CT of `size` voxels in-plane."""
-    from scripts.labels import LABELS
-    from scripts.phantoms import draw_anatomy, render_phantom
+    from scripts.data.labels import LABELS
+    from scripts.phantoms.thorax import draw_anatomy, render_phantom
 
     rng = np.random.default_rng(seed)
     ct, label, affine = render_phantom(draw_anatomy(rng), size, rng)

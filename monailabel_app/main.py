@@ -1,6 +1,6 @@
 """MONAI Label app: synthetic chest CTs from the lung CT latent diffusion bundle, for 3D Slicer users.
 
-Tasks (lib/infers): `synthesize` (unconditional) and `synthesize_tumor` (a tumour at `foreground`
+Tasks (lib/infers): `synthesize` (unconditional) and `synthesize_tumor` (a tumor at `foreground`
 clicks or in an uploaded `label`). Networks and weights come from the bundle (lib/bundle_generator.py);
 `--conf bundle_dir DIR`, `--conf model_dir DIR` and `--conf max_inference_steps N` are read by
 lib/app_conf.py. This file only wires; see README.md for serving and the Slicer client.

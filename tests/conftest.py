@@ -53,7 +53,7 @@ def run_bundle(configs: list[str], overrides: dict, cwd: Path = BUNDLE, check: b
 @pytest.fixture(scope="session")
 def phantom_dir(tmp_path_factory) -> Path:
     """Four 32-voxel phantoms with their datalist (two train, one validation, one test)."""
-    from scripts.phantoms import write_phantoms
+    from scripts.phantoms.thorax import write_phantoms
 
     root = tmp_path_factory.mktemp("phantoms")
     write_phantoms(str(root), n=4, size=32, seed=0)

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
-from scripts.alignment import LUNG_IDS
-from scripts.preprocess import preprocessing_chain
-from scripts.volumes import centred_affine, to_hu, write_nifti
+
+from scripts.data.volumes import centred_affine, to_hu, write_nifti
+from scripts.transforms.alignment import LUNG_IDS
+from scripts.transforms.preprocess import preprocessing_chain
 
 AIR = -1000.0
 

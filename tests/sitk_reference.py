@@ -4,7 +4,8 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from scripts.dicom_grid import LPS_TO_RAS, reorient
+
+from scripts.dicom.grid import LPS_TO_RAS, reorient
 
 
 def read_series_ras(folder: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -13,7 +13,8 @@ import torch
 import yaml
 from conftest import BUNDLE, TINY
 from monai.bundle import ConfigWorkflow
-from scripts.networks import load_controlnet, load_diffusion
+
+from scripts.networks.loading import load_controlnet, load_diffusion
 
 REQUIRED_METADATA = (
     "schema", "version", "changelog", "monai_version", "pytorch_version", "numpy_version",

@@ -1,4 +1,4 @@
-"""The shipped demo weights: small; the documented commands give a CT-like volume, and a tumour where asked."""
+"""The shipped demo weights: small; the documented commands give a CT-like volume, and a tumor where asked."""
 
 import json
 
@@ -6,7 +6,8 @@ import nibabel as nib
 import numpy as np
 from conftest import BUNDLE, run_bundle
 from scipy import ndimage
-from scripts.networks import default_model_dir
+
+from scripts.networks.loading import default_model_dir
 
 DEMO = BUNDLE / "models" / "demo"
 
@@ -48,20 +49,20 @@ def test_demo_sample_is_ct_like_and_reproducible(tmp_path):
     assert lungs > 0.05, f"air-filled lungs inside the body ({lungs:.2f})"
 
 
-def _tumour_sample(output_dir, centre):
+def _tumor_sample(output_dir, centre):
     overrides = {"model_dir": str(DEMO), "output_dir": str(output_dir), "seed": 11, "num_inference_steps": 25}
     run_bundle(["inference_tumor.json"], {**overrides, "tumor_center_mm": centre, "tumor_diameter_mm": 40.0})
     mask = np.asanyarray(nib.load(output_dir / "sample_seed11_mask.nii.gz").dataobj) > 0
     return json.loads((output_dir / "sample_seed11_adherence.json").read_text()), mask
 
 
-def test_demo_tumour_goes_where_it_is_asked(tmp_path):
-    """A 40 mm tumour asked for in the right lung, then in the left, is drawn there; seed 11 without a mask has none on the left."""
+def test_demo_tumor_goes_where_it_is_asked(tmp_path):
+    """A 40 mm tumor asked for in the right lung, then in the left, is drawn there; seed 11 without a mask has none on the left."""
     reports = {}
     for side, x in (("right", 80.0), ("left", -80.0)):  # RAS: +x is the patient's right
-        reports[side], mask = _tumour_sample(tmp_path / side, [x, 0.0, 20.0])
+        reports[side], mask = _tumor_sample(tmp_path / side, [x, 0.0, 20.0])
         report = reports[side]
         assert report["centroid_distance_mm"] is not None and report["centroid_distance_mm"] < 20.0, f"{side}: {report}"
         assert report["dice"] > 0.4 and report["mask_soft_tissue_fraction"] > 0.4, f"{side}: {report}"
     _, plain = _sample(tmp_path / "plain", seed=11, steps=25)
-    assert (plain[mask] > -300).mean() < reports["left"]["mask_soft_tissue_fraction"] - 0.3, "without the mask, no tumour there"
+    assert (plain[mask] > -300).mean() < reports["left"]["mask_soft_tissue_fraction"] - 0.3, "without the mask, no tumor there"

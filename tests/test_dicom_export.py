@@ -1,4 +1,4 @@
-"""Export for radiotherapy: a synthetic CT and its tumour as a DICOM CT series, RTSTRUCT and SEG."""
+"""Export for radiotherapy: a synthetic CT and its tumor as a DICOM CT series, RTSTRUCT and SEG."""
 
 import json
 
@@ -7,18 +7,19 @@ import numpy as np
 import pydicom
 import pytest
 from conftest import run_bundle
-from scripts.dicom_export import SYNTHETIC_NOTE, export_dicom
-from scripts.ingest import ingest
-from scripts.labels import LABELS
-from scripts.tumour_masks import mask_from_centre
 from sitk_reference import read_series_ras
+
+from scripts.data.labels import LABELS
+from scripts.dicom.export import SYNTHETIC_NOTE, export_dicom
+from scripts.dicom.ingest import ingest
+from scripts.sampling.tumor_request import mask_from_centre
 
 RECORD = {"image_size": [40, 36, 30], "image_spacing_mm": [6.0, 6.0, 5.0]}
 
 
 @pytest.fixture
 def case(tmp_path):
-    """A CT-like HU volume (air, tissue box, lung-like hole) with a tumour mask, off-centre in world space."""
+    """A CT-like HU volume (air, tissue box, lung-like hole) with a tumor mask, off-centre in world space."""
     mask, affine = mask_from_centre(RECORD, [20.0, -10.0, 12.0], 40.0, seed=2)
     affine[:3, 3] += [-31.0, 57.0, 250.0]
     hu = np.full(mask.shape, -1000, np.int16)

@@ -8,14 +8,15 @@ from conftest import TINY
 from corrupt import CORRUPTIONS, preprocessed_phantoms
 from monai.data import MetaTensor
 from monai.metrics import MultiScaleSSIMMetric
-from scripts.autoencoder_evaluation import Reconstructor
+
 from scripts.bundle_config import load_bundle_config
-from scripts.distances import fid_2p5d, mmd
-from scripts.diversity import diversity, volume_pairs
-from scripts.losses import make_perceptual_loss
-from scripts.networks import load_autoencoder
-from scripts.phantoms import write_phantoms
-from scripts.slice_features import AXES, RadImageNetSliceFeatures, make_feature_network
+from scripts.evaluation.autoencoder import Reconstructor
+from scripts.evaluation.distances import fid_2p5d, mmd
+from scripts.evaluation.diversity import diversity, volume_pairs
+from scripts.evaluation.features import AXES, RadImageNetSliceFeatures, make_feature_network
+from scripts.networks.loading import load_autoencoder
+from scripts.phantoms.thorax import write_phantoms
+from scripts.training.losses import make_perceptual_loss
 
 GRID = TINY["grid_size"]
 

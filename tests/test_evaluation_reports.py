@@ -11,8 +11,9 @@ from conftest import TINY, run_bundle
 from corrupt import CORRUPTIONS, preprocessed_phantoms, write_volumes
 from monai.data import Dataset
 from monai.transforms import LoadImaged
-from scripts.evaluation_data import reference_items, sample_grid, stack_images
-from scripts.phantoms import write_phantoms
+
+from scripts.evaluation.data import reference_items, sample_grid, stack_images
+from scripts.phantoms.thorax import write_phantoms
 
 GRID = TINY["grid_size"]
 

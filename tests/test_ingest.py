@@ -15,12 +15,13 @@ import torch
 from conftest import BUNDLE
 from monai.bundle import ConfigParser
 from monai.data import load_decathlon_datalist
-from scripts.ingest import RECORD, ingest
-from scripts.labels import LABELS, PRECEDENCE
-from scripts.phantom_dicom import write_phantom_dicom
-from scripts.phantoms import write_phantoms
-from scripts.staging import PARTIAL_SUFFIX
 from sitk_reference import read_series_ras
+
+from scripts.data.labels import LABELS, PRECEDENCE
+from scripts.data.staging import PARTIAL_SUFFIX
+from scripts.dicom.ingest import RECORD, ingest
+from scripts.phantoms.dicom_tree import write_phantom_dicom
+from scripts.phantoms.thorax import write_phantoms
 
 SEED, SIZE, N = 2, 48, 3  # the first case holds all seven structures at this size
 

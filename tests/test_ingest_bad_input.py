@@ -16,10 +16,11 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
-from scripts.ingest import ingest
-from scripts.labels import LABELS
-from scripts.phantom_dicom import write_phantom_dicom
-from scripts.roi_names import load_roi_names
+
+from scripts.data.labels import LABELS
+from scripts.dicom.ingest import ingest
+from scripts.dicom.roi_names import load_roi_names
+from scripts.phantoms.dicom_tree import write_phantom_dicom
 
 #: Case -> (what is wrong, expected status).
 CASES = {
@@ -81,8 +82,8 @@ def empty_heart(dataset: pydicom.Dataset) -> None:
 
 
 def rename_oesophagus(dataset: pydicom.Dataset) -> None:
-    """Give the oesophagus ROI a name no pattern knows."""
-    roi_named(dataset, "oesophagus")[0].ROIName = "Foo-Bar 7"
+    """Give the esophagus ROI a name no pattern knows."""
+    roi_named(dataset, "esophagus")[0].ROIName = "Foo-Bar 7"
 
 
 def lift_gtv(by_mm: float) -> Callable[[pydicom.Dataset], None]:
@@ -213,8 +214,8 @@ def test_empty_roi_is_reported_and_left_out(run):
 
 def test_unknown_roi_name_is_listed_as_unmapped(run):
     assert run.report["unmapped_roi_names"] == {"Foo-Bar 7": ["PHANTOM-007"]}
-    assert "oesophagus" not in run.report["converted"]["PHANTOM-007"]["structures"]
-    assert not (label_of(run, "PHANTOM-007") == LABELS["oesophagus"]).any()
+    assert "esophagus" not in run.report["converted"]["PHANTOM-007"]["structures"]
+    assert not (label_of(run, "PHANTOM-007") == LABELS["esophagus"]).any()
 
 
 @pytest.mark.parametrize(
@@ -238,17 +239,17 @@ def test_contour_between_ct_slices_is_an_error_for_its_roi(run):
     record = run.report["converted"]["PHANTOM-014"]
     assert "gtv_1" not in record["structures"] and {"lungs", "heart", "body"} <= set(record["structures"])
     assert any(w.startswith("ROI '") and "lies on no CT slice" in w for w in record["warnings"])
-    assert "no GTV-1 (primary tumour) among the structures" in record["warnings"]
+    assert "no GTV-1 (primary tumor) among the structures" in record["warnings"]
     assert not (label_of(run, "PHANTOM-014") == LABELS["gtv_1"]).any()
 
 
 def test_a_user_roi_map_maps_the_unknown_name(run, tmp_path):
     shutil.copytree(run.root / "dicom" / "PHANTOM-007", tmp_path / "dicom" / "PHANTOM-007")
     extra = tmp_path / "names.json"
-    extra.write_text(json.dumps({"patterns": {"oesophagus": ["foo bar [0-9]+"]}}))
+    extra.write_text(json.dumps({"patterns": {"esophagus": ["foo bar [0-9]+"]}}))
     report = json.loads(Path(ingest(str(tmp_path / "dicom"), str(tmp_path / "cases"), workers=1, roi_map=str(extra))).read_text())
-    assert report["unmapped_roi_names"] == {} and report["converted"]["PHANTOM-007"]["structures"]["oesophagus"]["rois"] == ["Foo-Bar 7"]
-    assert (np.asanyarray(nib.load(tmp_path / "cases" / "PHANTOM-007" / "label.nii.gz").dataobj) == LABELS["oesophagus"]).any()
+    assert report["unmapped_roi_names"] == {} and report["converted"]["PHANTOM-007"]["structures"]["esophagus"]["rois"] == ["Foo-Bar 7"]
+    assert (np.asanyarray(nib.load(tmp_path / "cases" / "PHANTOM-007" / "label.nii.gz").dataobj) == LABELS["esophagus"]).any()
 
 
 def test_empty_patient_id_takes_the_folder_name(run):

@@ -7,19 +7,20 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.pixel_data_handlers.numpy_handler import pack_bits
-from skimage.draw import polygon2mask
-from scripts.ct_series import check_series, read_hu
-from scripts.dicom_grid import reorient
-from scripts.dicom_index import group, list_files, read_headers
-from scripts.dicom_seg import read_seg
-from scripts.ingest import ingest
-from scripts.labels import LABELS
-from scripts.phantom_dicom import ROI_NAMES, write_phantom_dicom
-from scripts.roi_names import load_roi_names, normalise_roi_name
-from scripts.rtstruct import fill_even_odd
-from scripts.staging import PARTIAL_SUFFIX, staged_folder
-from scripts.structures import label_map
 from sitk_reference import read_series_ras
+from skimage.draw import polygon2mask
+
+from scripts.data.labels import LABELS
+from scripts.data.staging import PARTIAL_SUFFIX, staged_folder
+from scripts.dicom.grid import reorient
+from scripts.dicom.index import group, list_files, read_headers
+from scripts.dicom.ingest import ingest
+from scripts.dicom.roi_names import load_roi_names, normalise_roi_name
+from scripts.dicom.rtstruct import fill_even_odd
+from scripts.dicom.seg import read_seg
+from scripts.dicom.series import check_series, read_hu
+from scripts.dicom.structures import label_map
+from scripts.phantoms.dicom_tree import ROI_NAMES, write_phantom_dicom
 
 
 def test_polygon_fill_matches_skimage_with_holes_by_the_even_odd_rule():
@@ -44,7 +45,7 @@ def test_nested_contours_cut_a_hole_and_fill_an_island():
     [
         ("GTV-1", "gtv_1"), ("GTV1", "gtv_1"), ("gtv 1", "gtv_1"), ("GTV", "gtv_1"), ("GTV-2", "gtv_other"),
         ("GTV-12", "gtv_other"), ("Lung-Left", "lungs"), ("Lung-Right", "lungs"), ("Lungs-Total", "lungs"),
-        ("lung_r", "lungs"), ("Heart", "heart"), ("Esophagus", "oesophagus"), ("Oesophagus", "oesophagus"),
+        ("lung_r", "lungs"), ("Heart", "heart"), ("Esophagus", "esophagus"), ("Oesophagus", "esophagus"),
         ("Spinal-Cord", "spinal_cord"), ("SpinalCord", "spinal_cord"), ("External", "body"), ("BODY", "body"),
         ("PTV", None), ("CTV-1", None), ("Lungs-GTV", None), ("Spinal-Cord-PRV", None), ("Heart+Lungs", None),
     ],

@@ -3,7 +3,8 @@
 import pytest
 import torch
 import torchvision
-from scripts.losses import AutoencoderLoss, kl_divergence, make_perceptual_loss
+
+from scripts.training.losses import AutoencoderLoss, kl_divergence, make_perceptual_loss
 
 
 def test_kl_is_zero_for_the_prior_and_grows_away_from_it():
@@ -26,18 +27,18 @@ def test_generator_loss_weights_its_terms():
     assert adversarial["total"].item() == pytest.approx(warmup["total"].item() + 0.01)
 
 
-def test_tumour_voxels_count_tumour_l1_weight_times():
+def test_tumor_voxels_count_tumor_l1_weight_times():
     images = torch.zeros(1, 1, 4, 4, 4)
-    tumour = torch.zeros(1, 1, 4, 4, 4)
-    tumour[..., :2, :2, :2] = 1.0  # 8 of 64 voxels
-    reconstruction = images + tumour  # error 1 inside the tumour, 0 elsewhere
+    tumor = torch.zeros(1, 1, 4, 4, 4)
+    tumor[..., :2, :2, :2] = 1.0  # 8 of 64 voxels
+    reconstruction = images + tumor  # error 1 inside the tumor, 0 elsewhere
     mu, sigma = torch.zeros(1, 3, 1, 1, 1), torch.ones(1, 3, 1, 1, 1)
-    plain = AutoencoderLoss().generator(images, reconstruction, mu, sigma, None, tumour)
+    plain = AutoencoderLoss().generator(images, reconstruction, mu, sigma, None, tumor)
     assert plain["l1"].item() == pytest.approx(8 / 64)
-    weighted = AutoencoderLoss(tumour_l1_weight=20.0).generator(images, reconstruction, mu, sigma, None, tumour)
+    weighted = AutoencoderLoss(tumor_l1_weight=20.0).generator(images, reconstruction, mu, sigma, None, tumor)
     assert weighted["l1"].item() == pytest.approx(20 * 8 / (20 * 8 + 56))
-    with pytest.raises(ValueError, match="tumour_loss_weight"):
-        AutoencoderLoss(tumour_l1_weight=0.5)
+    with pytest.raises(ValueError, match="tumor_loss_weight"):
+        AutoencoderLoss(tumor_l1_weight=0.5)
 
 
 def test_perceptual_loss_is_off_without_weights_and_named_when_missing(tmp_path):

@@ -16,15 +16,16 @@ import pytest
 import requests
 from conftest import BUNDLE
 from monailabel.client import MONAILabelClient
-from scripts.checkpoint import load_checkpoint
-from scripts.preprocess import preprocessing_chain
-from scripts.tumour_masks import mask_from_centre
-from scripts.volumes import centred_affine
+
+from scripts.data.volumes import centred_affine
+from scripts.networks.checkpoint import load_checkpoint
+from scripts.sampling.tumor_request import mask_from_centre
+from scripts.transforms.preprocess import preprocessing_chain
 
 APP = BUNDLE.parent / "monailabel_app"
 sys.path[:0] = [str(APP), str(APP / "slicer")]
 from local_server import PhantomStudy, phantom_study, running_server  # noqa: E402
-from synthesis_client import TUMOUR_TASK, request_params, save_mask, synthesize  # noqa: E402
+from synthesis_client import TUMOR_TASK, request_params, save_mask, synthesize  # noqa: E402
 
 STEPS, MAX_STEPS = 3, 20
 CONFIGURED_ORIGIN = "http://127.0.0.1:3000"
@@ -76,7 +77,7 @@ def infer(url: str, model: str, params: dict, image: str = "phantom", **files) -
 
 
 def decoded_mask(info: dict, tmp_path: Path) -> nib.Nifti1Image:
-    """The tumour mask the JSON carries."""
+    """The tumor mask the JSON carries."""
     return nib.load(save_mask(info, tmp_path / "mask.nii.gz"))
 
 
@@ -99,7 +100,7 @@ def test_synthesize_writes_int16_hu_whatever_dtype_is_asked(server, record):
     assert np.allclose(ct.header.get_zooms(), record["image_spacing_mm"])
     assert np.allclose(ct.affine, centred_affine(hu.shape, record["image_spacing_mm"]))
     assert -1000 <= hu.min() < 0 and hu.max() <= 1000 and hu.std() > 1.0
-    assert info["num_inference_steps"] == STEPS and info["unit"] == "HU" and "tumour_mask" not in info
+    assert info["num_inference_steps"] == STEPS and info["unit"] == "HU" and "tumor_mask" not in info
 
 
 def test_same_seed_same_volume_and_the_image_is_not_read(server):
@@ -119,13 +120,13 @@ def test_click_on_a_user_ct_maps_by_world_position_in_its_lung_box(server, phant
     assert np.allclose(mask.affine, ct.affine) and mask.shape == hu.shape
     clicked = world(phantom.lung_voxel, phantom.affine)
     centroid = world(np.argwhere(np.asanyarray(mask.dataobj)).mean(0), mask.affine)
-    assert np.linalg.norm(centroid - clicked) < 10.0, "the tumour sits at the clicked world position"
+    assert np.linalg.norm(centroid - clicked) < 10.0, "the tumor sits at the clicked world position"
     centred = (centred_affine(hu.shape, record["image_spacing_mm"]) @ np.linalg.solve(ct.affine, [*clicked, 1.0]))[:3]
     expected, _ = mask_from_centre(record, centred, 50.0, seed=2)
     assert np.array_equal(np.asanyarray(mask.dataobj), expected)
     assert set(info["adherence"]) >= {"dice", "mask_in_lungs_fraction"}
     _, again, info_again = infer(server, "synthesize_tumor", params)
-    assert np.array_equal(hu, again) and info_again["tumour_mask"] == info["tumour_mask"], "seeded"
+    assert np.array_equal(hu, again) and info_again["tumor_mask"] == info["tumor_mask"], "seeded"
 
 
 def test_click_and_label_on_a_generated_volume_are_voxel_exact(server, record, tmp_path):
@@ -133,15 +134,15 @@ def test_click_and_label_on_a_generated_volume_are_voxel_exact(server, record, t
     ct, hu, _ = infer(server, "synthesize", {"seed": 11})
     nib.save(ct, generated)
     voxel = [10, 12, 14]
-    tumour_ct, _, info = infer(server, "synthesize_tumor", {"seed": 5, "foreground": [voxel], "tumor_diameter_mm": 40.0}, image="", file=str(generated))
-    assert info["placement"] == "working_grid" and np.array_equal(tumour_ct.affine, ct.affine)
+    tumor_ct, _, info = infer(server, "synthesize_tumor", {"seed": 5, "foreground": [voxel], "tumor_diameter_mm": 40.0}, image="", file=str(generated))
+    assert info["placement"] == "working_grid" and np.array_equal(tumor_ct.affine, ct.affine)
     mask = np.asanyarray(decoded_mask(info, tmp_path).dataobj)
     expected, _ = mask_from_centre(record, world(voxel, centred_affine(hu.shape, record["image_spacing_mm"])), 40.0, seed=5)
-    assert mask[tuple(voxel)] == 1 and np.array_equal(mask, expected), "the clicked voxel is the tumour's centre voxel"
+    assert mask[tuple(voxel)] == 1 and np.array_equal(mask, expected), "the clicked voxel is the tumor's centre voxel"
     label = tmp_path / "label.nii.gz"
     nib.save(nib.Nifti1Image(mask, ct.affine), label)
     _, _, from_label = infer(server, "synthesize_tumor", {"seed": 5}, image="", file=str(generated), label_in=str(label))
-    assert from_label["tumour_source"] == "label"
+    assert from_label["tumor_source"] == "label"
     assert np.array_equal(np.asanyarray(decoded_mask(from_label, tmp_path).dataobj), mask), "a label maps voxel for voxel"
 
 
@@ -192,7 +193,7 @@ BAD_REQUESTS = {
     "click of two numbers": ("synthesize_tumor", {"foreground": [[1, 2]]}, None, 400, "foreground"),
     "click outside the image": ("synthesize_tumor", {"foreground": [[1e9, 0, 0]]}, None, 400, "foreground"),
     "too many clicks": ("synthesize_tumor", {"foreground": CLICK * 9}, None, 400, "foreground"),
-    "tumour leaving the volume": ("synthesize_tumor", {"foreground": [[0, 0, 0]], "tumor_diameter_mm": 100.0}, None, 400, "foreground"),
+    "tumor leaving the volume": ("synthesize_tumor", {"foreground": [[0, 0, 0]], "tumor_diameter_mm": 100.0}, None, 400, "foreground"),
     "neither click nor label": ("synthesize_tumor", {}, None, 400, "foreground"),
     "label of the wrong shape": ("synthesize_tumor", {}, "small", 400, "label"),
     "label that is not binary": ("synthesize_tumor", {}, "labelmap", 400, "label"),
@@ -253,9 +254,9 @@ def test_a_request_during_a_generation_waits_for_it(served):
 
 def test_slicer_client_logic_against_the_server(server, phantom, tmp_path):
     params = request_params(seed=3, num_inference_steps=STEPS, foreground=[phantom.lung_voxel], tumor_diameter_mm=40.0)
-    result = synthesize(server, TUMOUR_TASK, params, tmp_path / "out", image_file=phantom.path)
+    result = synthesize(server, TUMOR_TASK, params, tmp_path / "out", image_file=phantom.path)
     assert result.ct_path == tmp_path / "out" / "synthesize_tumor_seed3_ct.nii.gz"
     ct, mask = nib.load(result.ct_path), nib.load(result.mask_path)
     assert ct.get_data_dtype() == np.int16 and np.allclose(mask.affine, ct.affine)
     assert mask.get_data_dtype() == np.uint8 and np.asanyarray(mask.dataobj).any()
-    assert "tumour_mask" not in result.info and result.info["placement"] == "lung_box"
+    assert "tumor_mask" not in result.info and result.info["placement"] == "lung_box"

@@ -11,10 +11,11 @@ from conftest import BUNDLE
 
 APP = BUNDLE.parent / "monailabel_app"
 sys.path[:0] = [str(APP), str(APP / "slicer")]
+from synthesis_client import ras_to_voxel, request_params, save_mask  # noqa: E402
+
 from lib.app_conf import DEFAULT_BUNDLE_DIR, app_conf  # noqa: E402
 from lib.request_files import is_upload  # noqa: E402
 from lib.result import mask_payload  # noqa: E402
-from synthesis_client import ras_to_voxel, request_params, save_mask  # noqa: E402
 
 
 def test_ras_point_becomes_the_voxel_the_server_expects():
@@ -27,8 +28,8 @@ def test_ras_point_becomes_the_voxel_the_server_expects():
 
 def test_request_params_hold_only_what_is_set():
     assert request_params(3, 25) == {"seed": 3, "num_inference_steps": 25, "sampler": "ddim"}
-    tumour = request_params(3, 25, "ddpm", foreground=[(1, 2, 3)], tumor_diameter_mm=40)
-    assert tumour["foreground"] == [[1.0, 2.0, 3.0]] and tumour["tumor_diameter_mm"] == 40.0 and tumour["sampler"] == "ddpm"
+    tumor = request_params(3, 25, "ddpm", foreground=[(1, 2, 3)], tumor_diameter_mm=40)
+    assert tumor["foreground"] == [[1.0, 2.0, 3.0]] and tumor["tumor_diameter_mm"] == 40.0 and tumor["sampler"] == "ddpm"
 
 
 def test_mask_sent_by_the_server_is_the_mask_the_client_saves(tmp_path):
@@ -38,11 +39,11 @@ def test_mask_sent_by_the_server_is_the_mask_the_client_saves(tmp_path):
     affine[:3, 3] = [-40.0, 12.0, -3.0]
     payload = mask_payload(mask, affine)
     assert payload["voxels"] == 27
-    saved = nib.load(save_mask({"tumour_mask": payload}, tmp_path / "mask.nii.gz"))
+    saved = nib.load(save_mask({"tumor_mask": payload}, tmp_path / "mask.nii.gz"))
     assert np.array_equal(np.asanyarray(saved.dataobj), mask) and np.allclose(saved.affine, affine)
     assert save_mask({}, tmp_path / "none.nii.gz") is None and not (tmp_path / "none.nii.gz").exists()
     with pytest.raises(ValueError, match="nifti-gz-base64"):
-        save_mask({"tumour_mask": {**payload, "format": "rle"}}, tmp_path / "other.nii.gz")
+        save_mask({"tumor_mask": {**payload, "format": "rle"}}, tmp_path / "other.nii.gz")
 
 
 def test_only_the_endpoints_own_uploads_count_as_uploads(tmp_path):

@@ -31,4 +31,4 @@ def test_demo_weights_serve_both_tasks_on_the_64_grid(tmp_path):
             assert hu.dtype == np.int16 and hu.shape == (64, 64, 64), model
             assert np.allclose(image.header.get_zooms(), [7.0, 7.0, 5.5]), model
             assert (hu < -900).mean() > 0.2 and ((hu > -150) & (hu < 150)).mean() > 0.05, f"{model}: air and soft tissue"
-        assert info["tumour_mask"]["voxels"] > 0 and info["placement"] == "lung_box"
+        assert info["tumor_mask"]["voxels"] > 0 and info["placement"] == "lung_box"

@@ -14,15 +14,17 @@ from conftest import BUNDLE, TINY, run_bundle, train_in_process, training_overri
 from monai.engines.utils import DiffusionPrepareBatch
 from monai.networks.nets import AutoencoderKL
 from monai.networks.schedulers import DDPMScheduler, RFlowScheduler
-from scripts.networks import load_autoencoder, load_diffusion
-from scripts.sampling import LatentDiffusionSampler, denoise, make_scheduler
-from scripts.schedules import RectifiedFlowPrepareBatch, controlnet_scheduler, trained_schedule, training_scheduler
-from scripts.tiled_decoding import TiledDecoder
+
+from scripts.networks.loading import load_autoencoder, load_diffusion
+from scripts.networks.schedules import controlnet_scheduler, trained_schedule, training_scheduler
+from scripts.sampling.sampler import LatentDiffusionSampler, denoise, make_scheduler
+from scripts.sampling.tiled_decoding import TiledDecoder
+from scripts.training.prepare_batch import RectifiedFlowPrepareBatch
 
 sys.path.insert(0, str(BUNDLE.parent / "bench"))
 
-from flops import count_flops, unet_step_flops  # noqa: E402
 from configurations import Configuration  # noqa: E402
+from flops import count_flops, unet_step_flops  # noqa: E402
 from memory_estimate import estimate_peak_gib  # noqa: E402
 
 RFLOW_SCHEDULE = {"num_train_timesteps": 1000, "use_discrete_timesteps": True, "sample_method": "logit-normal", "use_timestep_transform": False}

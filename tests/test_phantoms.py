@@ -1,4 +1,4 @@
-"""The phantom generator: plausible HU per tissue, tumours inside a lung, determinism, datalist."""
+"""The phantom generator: plausible HU per tissue, tumors inside a lung, determinism, datalist."""
 
 import dataclasses
 import json
@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from conftest import BUNDLE
 from scipy import ndimage
-from scripts.labels import LABELS
-from scripts.phantoms import draw_anatomy, render_phantom, write_phantoms
+
+from scripts.data.labels import LABELS
+from scripts.phantoms.thorax import draw_anatomy, render_phantom, write_phantoms
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +31,8 @@ def test_hu_of_each_tissue_is_plausible(phantom):
     assert -920 < np.median(lungs) < -700, "lung parenchyma is air-like"
     assert np.percentile(lungs, 99) - np.median(lungs) > 250, "lungs hold vessels brighter than parenchyma"
     assert -30 < np.median(ct[label == LABELS["heart"]]) < 110
-    tumour_core = ndimage.binary_erosion(label == LABELS["gtv_1"])  # away from partial volume with lung
-    assert -30 < np.median(ct[tumour_core]) < 110
+    tumor_core = ndimage.binary_erosion(label == LABELS["gtv_1"])  # away from partial volume with lung
+    assert -30 < np.median(ct[tumor_core]) < 110
     assert np.median(ct[label == 0]) < -950, "outside the body is air"
     body = ct[label == LABELS["body"]]
     assert np.percentile(body, 99) > 300, "the body holds bone (spine, ribs)"
@@ -46,16 +47,16 @@ def test_table_lies_under_the_body_outside_its_label(phantom):
     assert (label[:, : body_rows.min(), :] == 0).all()
 
 
-def test_tumours_sit_inside_a_lung_and_gtv1_is_largest(phantom):
+def test_tumors_sit_inside_a_lung_and_gtv1_is_largest(phantom):
     anatomy, _, label, _ = phantom
     gtv1 = label == LABELS["gtv_1"]
     others = label == LABELS["gtv_other"]
     assert gtv1.any()
-    if len(anatomy.tumour_diameters) > 1:
+    if len(anatomy.tumor_diameters) > 1:
         assert 0 < others.sum() <= gtv1.sum()
-    tumour = gtv1 | others
-    shell = ndimage.binary_dilation(tumour) & ~tumour
-    assert np.mean(label[shell] == LABELS["lungs"]) > 0.5, "tumours are surrounded mostly by lung"
+    tumor = gtv1 | others
+    shell = ndimage.binary_dilation(tumor) & ~tumor
+    assert np.mean(label[shell] == LABELS["lungs"]) > 0.5, "tumors are surrounded mostly by lung"
 
 
 def test_same_seed_same_phantom_other_seed_other_phantom():

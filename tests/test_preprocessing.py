@@ -12,10 +12,11 @@ from conftest import BUNDLE
 from monai.data import PersistentDataset
 from monai.data.utils import pickle_hashing
 from scipy import ndimage
-from scripts.body_mask import body_mask, table_top_row
-from scripts.labels import LABELS
-from scripts.phantoms import draw_anatomy, render_phantom
-from scripts.preprocess import preprocess_case, preprocessing_chain
+
+from scripts.data.labels import LABELS
+from scripts.phantoms.thorax import draw_anatomy, render_phantom
+from scripts.transforms.body_mask import body_mask, table_top_row
+from scripts.transforms.preprocess import preprocess_case, preprocessing_chain
 
 
 def _phantom(seed: int, size: int = 64, **changes):
@@ -67,7 +68,7 @@ def processed(phantom_dir_64):
 
 @pytest.fixture(scope="module")
 def phantom_dir_64(tmp_path_factory):
-    from scripts.phantoms import write_phantoms
+    from scripts.phantoms.thorax import write_phantoms
 
     root = tmp_path_factory.mktemp("phantoms64")
     write_phantoms(str(root), n=6, size=64, seed=11)
@@ -107,8 +108,9 @@ def test_hu_lungs_place_the_box_like_the_label(phantom_dir_64):
 
 
 def test_lungs_that_do_not_fit_the_box_are_reported(phantom_dir_64, caplog):
-    from scripts.alignment import CropToLungBoxd
     from monai.transforms import Compose, LoadImaged
+
+    from scripts.transforms.alignment import CropToLungBoxd
 
     case = phantom_dir_64[0]
     load = LoadImaged(keys=["image", "label"], ensure_channel_first=True, image_only=True)

@@ -6,8 +6,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 from corrupt import CORRUPTIONS, preprocessed_phantoms, write_volumes
-from scripts.phantoms import write_phantoms
-from scripts.quality import judge_volume, load_config, write_quality_report
+
+from scripts.evaluation.quality import judge_volume, load_config, write_quality_report
+from scripts.phantoms.thorax import write_phantoms
 
 #: The measure whose rule must catch each failure kind.
 EXPECTED_REASON = {

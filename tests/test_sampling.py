@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY, run_bundle
-from scripts.networks import load_autoencoder, load_diffusion
-from scripts.sampling import LatentDiffusionSampler, make_scheduler, write_samples
-from scripts.volumes import to_hu
+
+from scripts.data.volumes import to_hu
+from scripts.networks.loading import load_autoencoder, load_diffusion
+from scripts.sampling.sampler import LatentDiffusionSampler, make_scheduler
+from scripts.sampling.writing import write_samples
 
 
 @pytest.fixture(scope="module")

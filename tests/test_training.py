@@ -5,14 +5,14 @@ import shutil
 
 import pytest
 import torch
-from monai.networks.nets import AutoencoderKL, PatchDiscriminator
 from conftest import TINY, run_bundle, train_in_process, training_overrides
-from scripts.checkpoint import ResumeFromCheckpoint, training_checkpoints
-from scripts.latents import SampleLatentd, scale_factor
-from scripts.engines import AutoencoderTrainer
-from scripts.losses import AutoencoderLoss, weighted_l1
-from scripts.networks import load_autoencoder, load_diffusion, trainable_autoencoder
+from monai.networks.nets import AutoencoderKL, PatchDiscriminator
 
+from scripts.networks.loading import load_autoencoder, load_diffusion, trainable_autoencoder
+from scripts.training.engines import AutoencoderTrainer
+from scripts.training.latents import SampleLatentd, scale_factor
+from scripts.training.losses import AutoencoderLoss, weighted_l1
+from scripts.training.resume import ResumeFromCheckpoint, training_checkpoints
 
 #: A two-level AutoencoderKL small enough to build in a test.
 TINY_AUTOENCODER = {
@@ -64,12 +64,12 @@ def test_decoder_fine_tune_keeps_the_encoder_and_writes_its_own_file(trained, tm
     decoder = [k for k in original if k.startswith("decoder.") and original[k].is_floating_point()]
     assert all(torch.equal(tuned[k], original[k]) for k in encoder)
     assert sum(not torch.equal(tuned[k], original[k]) for k in decoder) / len(decoder) > 0.9
-    assert checkpoint["autoencoder_record"]["tumour_loss_weight"] == 20.0
+    assert checkpoint["autoencoder_record"]["tumor_loss_weight"] == 20.0
     assert [p.name for p in training_checkpoints(tmp_path, "autoencoder_finetuned")] == ["autoencoder_finetuned_checkpoint_epoch=1.pt"]
 
 
-def test_autoencoder_trainer_weighs_the_l1_inside_the_tumour():
-    """The trainer finds the tumour in the batch's `masks` and the reported L1 counts its voxels 20 times."""
+def test_autoencoder_trainer_weighs_the_l1_inside_the_tumor():
+    """The trainer finds the tumor in the batch's `masks` and the reported L1 counts its voxels 20 times."""
     autoencoder = AutoencoderKL(**TINY_AUTOENCODER)
     discriminator = PatchDiscriminator(3, channels=4, in_channels=1, num_layers_d=1)
     masks = torch.zeros(1, 4, 16, 16, 16)
@@ -83,7 +83,7 @@ def test_autoencoder_trainer_weighs_the_l1_inside_the_tumour():
         discriminator=discriminator,
         g_optimizer=torch.optim.SGD(autoencoder.parameters(), lr=0.0),
         d_optimizer=torch.optim.SGD(discriminator.parameters(), lr=0.0),
-        loss=AutoencoderLoss(tumour_l1_weight=20.0),
+        loss=AutoencoderLoss(tumor_l1_weight=20.0),
         mask_channels=["gtv_1", "gtv_other", "lungs", "body"],
         adversarial_warmup_epochs=1,
     )
@@ -155,7 +155,7 @@ def test_missing_autoencoder_is_a_clear_error(tmp_path, phantom_dir):
     assert f"checkpoint not found: {tmp_path}/autoencoder.pt" in done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("bad", [{"adversarial_warmup_epochs": -1}, {"tumour_loss_weight": 0.5}, {"train_encoder": False}])
+@pytest.mark.parametrize("bad", [{"adversarial_warmup_epochs": -1}, {"tumor_loss_weight": 0.5}, {"train_encoder": False}])
 def test_bad_training_parameter_is_named(tmp_path, phantom_dir, bad):
     done = run_bundle(
         ["train_autoencoder.json", "demo.json"],

@@ -5,13 +5,13 @@ from pathlib import Path
 
 import fire
 
-from scripts.dicom_export import export_dicom
-from scripts.export import export_networks
-from scripts.ingest import ingest
-from scripts.phantom_dicom import write_phantom_dicom
-from scripts.phantoms import write_phantoms
-from scripts.preprocess import preprocess_case
-from scripts.quality import write_quality_report
+from scripts.dicom.export import export_dicom
+from scripts.dicom.ingest import ingest
+from scripts.evaluation.quality import write_quality_report
+from scripts.networks.export import export_networks
+from scripts.phantoms.dicom_tree import write_phantom_dicom
+from scripts.phantoms.thorax import write_phantoms
+from scripts.transforms.preprocess import preprocess_case
 
 
 def phantoms(

@@ -1,7 +1,7 @@
 """What `--conf key value` can set when the server starts, checked once, with errors that name the key.
 
 - `bundle_dir`: the bundle to serve (configs, `scripts` code and `models/`); default: this repository's `bundle/`.
-- `model_dir`: a checkpoint folder holding autoencoder.pt, diffusion.pt (and controlnet.pt for tumours);
+- `model_dir`: a checkpoint folder holding autoencoder.pt, diffusion.pt (and controlnet.pt for tumors);
   default: the bundle's own choice (`models/` once trained, else the shipped `models/demo/`).
 - `max_inference_steps`: the most reverse steps one request may ask for (default 200), which bounds
   how long one generation holds the server.

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from scripts.bundle_config import load_bundle_config
-from scripts.sampling import LatentDiffusionSampler
+from scripts.sampling.sampler import LatentDiffusionSampler
 
 
 @dataclass(frozen=True)

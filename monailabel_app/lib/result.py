@@ -1,8 +1,8 @@
-"""What a task returns: the CT as an int16 NIfTI in HU with its true affine, and a JSON that carries the tumour mask.
+"""What a task returns: the CT as an int16 NIfTI in HU with its true affine, and a JSON that carries the tumor mask.
 
 MONAI Label sends one file per result, and Slicer's stock module would save it as a uint8 labelmap
 (`result_dtype`, `result_extension`): both are ignored here, the CT is always `.nii.gz`, int16 HU.
-The tumour mask travels inside the JSON, under `tumour_mask`: a gzipped NIfTI (uint8 0/1, same grid
+The tumor mask travels inside the JSON, under `tumor_mask`: a gzipped NIfTI (uint8 0/1, same grid
 and affine as the CT), base64-encoded in `data`; writing those bytes to a `.nii.gz` file gives the mask.
 """
 
@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scripts.volumes import write_nifti
 
 from lib.sampling_request import SamplingParams
+from scripts.data.volumes import write_nifti
 
 MASK_FORMAT = "nifti-gz-base64"
 
@@ -29,9 +29,9 @@ def write_ct(hu: np.ndarray, affine: np.ndarray) -> str:
 
 
 def mask_payload(mask: np.ndarray, affine: np.ndarray) -> dict[str, Any]:
-    """The tumour mask as JSON: a base64 gzipped NIfTI and its voxel count."""
+    """The tumor mask as JSON: a base64 gzipped NIfTI and its voxel count."""
     with tempfile.TemporaryDirectory() as folder:
-        data = write_nifti(mask.astype(np.uint8), affine, Path(folder) / "tumour_mask.nii.gz").read_bytes()
+        data = write_nifti(mask.astype(np.uint8), affine, Path(folder) / "tumor_mask.nii.gz").read_bytes()
     return {"format": MASK_FORMAT, "voxels": int(mask.sum()), "data": base64.b64encode(data).decode("ascii")}
 
 

@@ -10,9 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from scripts.schedules import COMPATIBLE_SAMPLERS, trained_schedule
-
 from lib.request_params import RequestError, choice, integer
+from scripts.networks.schedules import COMPATIBLE_SAMPLERS, trained_schedule
 
 #: Seeds seed numpy and torch generators alike.
 MAX_SEED = 2**32 - 1

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from scripts.volumes import centred_affine
 
 from lib.request_params import RequestError
+from scripts.data.volumes import centred_affine
 
 #: Largest image or label (voxels) the app reads: a 512 x 512 x 1024 CT.
 MAX_VOXELS = 512 * 512 * 1024
@@ -40,7 +40,7 @@ class WorkingFrame:
     rule: str  # LUNG_BOX or WORKING_GRID
 
     def to_centred_mm(self, world_mm: Sequence[float]) -> np.ndarray:
-        """A world point in the frame's centred coordinates (origin at the volume centre), as scripts.tumour_masks takes it."""
+        """A world point in the frame's centred coordinates (origin at the volume centre), as scripts.tumor_masks takes it."""
         voxel = np.linalg.solve(self.affine, [*world_mm, 1.0])
         return (centred_affine(self.shape, self.spacing) @ voxel)[:3]
 

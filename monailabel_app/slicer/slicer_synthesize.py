@@ -1,12 +1,12 @@
-"""3D Slicer: ask the MONAI Label server for a synthetic CT; load it as a scalar volume and its tumour as a segment.
+"""3D Slicer: ask the MONAI Label server for a synthetic CT; load it as a scalar volume and its tumor as a segment.
 
 In the Python console of 3D Slicer 5.2 or newer (the MONAI Label extension installed, for its client):
 
     import sys; sys.path.insert(0, "/path/to/repo/monailabel_app/slicer")
     import slicer_synthesize as synth
     synth.synthesize_ct("http://127.0.0.1:8000", seed=3)
-    synth.synthesize_with_tumour("http://127.0.0.1:8000", getNode("CT"), markups=getNode("F"), diameter_mm=30)
-    synth.synthesize_with_tumour("http://127.0.0.1:8000", getNode("CT"), segmentation=getNode("Segmentation"), segment_id="Tumour")
+    synth.synthesize_with_tumor("http://127.0.0.1:8000", getNode("CT"), markups=getNode("F"), diameter_mm=30)
+    synth.synthesize_with_tumor("http://127.0.0.1:8000", getNode("CT"), segmentation=getNode("Segmentation"), segment_id="Tumor")
 
 Slicer's stock MONAI Label module would load the result as a uint8 labelmap and destroy the HU;
 this script loads it with `labelmap: False`. Everything that needs no Slicer is in synthesis_client.py.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import slicer
 import vtk
-from synthesis_client import TASK, TUMOUR_TASK, Synthesis, ras_to_voxel, request_params, synthesize
+from synthesis_client import TASK, TUMOR_TASK, Synthesis, ras_to_voxel, request_params, synthesize
 
 #: Where results are kept for the session (Slicer's temporary folder).
 RESULTS = Path(slicer.app.temporaryPath) / "synthetic_ct"
@@ -34,7 +34,7 @@ def show(result: Synthesis, name: str) -> tuple:
     volume.GetDisplayNode().SetWindowLevel(*LUNG_WINDOW)
     segmentation = None
     if result.mask_path is not None:
-        segmentation = slicer.util.loadSegmentation(str(result.mask_path), {"name": f"{name} tumour"})
+        segmentation = slicer.util.loadSegmentation(str(result.mask_path), {"name": f"{name} tumor"})
         segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
     slicer.util.setSliceViewerLayers(background=volume, fit=True)
     return volume, segmentation
@@ -70,7 +70,7 @@ def saved_label(segmentation, segment_id: str | None, volume, path: Path) -> Pat
     return path
 
 
-def synthesize_with_tumour(
+def synthesize_with_tumor(
     server_url: str,
     volume,
     markups=None,
@@ -81,12 +81,12 @@ def synthesize_with_tumour(
     num_inference_steps: int = 25,
     sampler: str = "ddim",
 ) -> tuple:
-    """A synthetic CT with a tumour at the markups' points, or in the segment, of `volume` (which is uploaded)."""
+    """A synthetic CT with a tumor at the markups' points, or in the segment, of `volume` (which is uploaded)."""
     with tempfile.TemporaryDirectory() as folder:
         image_file = Path(folder) / "image.nii.gz"
         slicer.util.exportNode(volume, str(image_file))
         label_file = saved_label(segmentation, segment_id, volume, Path(folder) / "label.nii.gz") if segmentation else None
         clicks = clicked_voxels(markups, volume) if markups else None
         params = request_params(seed, num_inference_steps, sampler, clicks, diameter_mm if clicks else None)
-        result = synthesize(server_url, TUMOUR_TASK, params, RESULTS, image_file=image_file, label_file=label_file)
-    return show(result, f"synthetic CT seed {seed} with tumour")
+        result = synthesize(server_url, TUMOR_TASK, params, RESULTS, image_file=image_file, label_file=label_file)
+    return show(result, f"synthetic CT seed {seed} with tumor")

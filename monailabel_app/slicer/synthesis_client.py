@@ -1,8 +1,8 @@
 """The Slicer client's logic that needs no Slicer: the request, the call through MONAILabelClient, the files it returns.
 
 Importable in plain Python (tests) and in 3D Slicer, whose MONAI Label extension ships the same
-client as `MONAILabelLib`. The server's JSON carries the tumour mask as a base64 gzipped NIfTI
-(`tumour_mask.data`); `synthesize` writes it beside the CT.
+client as `MONAILabelLib`. The server's JSON carries the tumor mask as a base64 gzipped NIfTI
+(`tumor_mask.data`); `synthesize` writes it beside the CT.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ try:
 except ImportError:  # inside 3D Slicer: the MONAI Label extension's copy of the client
     from MONAILabelLib import MONAILabelClient
 
-TASK, TUMOUR_TASK = "synthesize", "synthesize_tumor"
+TASK, TUMOR_TASK = "synthesize", "synthesize_tumor"
 #: Any image id will do for unconditional sampling; the endpoint only needs one.
 NO_IMAGE = "synthetic"
 MASK_FORMAT = "nifti-gz-base64"
@@ -30,7 +30,7 @@ MASK_FORMAT = "nifti-gz-base64"
 
 @dataclass(frozen=True)
 class Synthesis:
-    """A generated case on this machine: the CT file, the tumour mask file (if any) and the server's description."""
+    """A generated case on this machine: the CT file, the tumor mask file (if any) and the server's description."""
 
     ct_path: Path
     mask_path: Path | None
@@ -59,12 +59,12 @@ def request_params(
 
 
 def save_mask(info: dict[str, Any], path: Path) -> Path | None:
-    """Write the tumour mask carried in the server's JSON to `path` (.nii.gz); None when the result has no mask."""
-    mask = info.get("tumour_mask")
+    """Write the tumor mask carried in the server's JSON to `path` (.nii.gz); None when the result has no mask."""
+    mask = info.get("tumor_mask")
     if mask is None:
         return None
     if mask.get("format") != MASK_FORMAT:
-        raise ValueError(f"tumour_mask comes as {mask.get('format')!r}; this client reads {MASK_FORMAT!r}")
+        raise ValueError(f"tumor_mask comes as {mask.get('format')!r}; this client reads {MASK_FORMAT!r}")
     path.write_bytes(base64.b64decode(mask["data"], validate=True))
     return path
 
@@ -91,4 +91,4 @@ def synthesize(
         stem = f"{model}_seed{info['seed']}"
         ct_path = Path(shutil.move(received, out / f"{stem}_ct.nii.gz"))
     mask_path = save_mask(info, out / f"{stem}_mask.nii.gz")
-    return Synthesis(ct_path, mask_path, {key: value for key, value in info.items() if key != "tumour_mask"})
+    return Synthesis(ct_path, mask_path, {key: value for key, value in info.items() if key != "tumor_mask"})

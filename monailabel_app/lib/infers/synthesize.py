@@ -8,12 +8,12 @@ from typing import Any
 import numpy as np
 import torch
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
-from scripts.volumes import centred_affine
 
 from lib.app_conf import AppConf
 from lib.bundle_generator import BundleGenerator, load_generator
 from lib.result import result
 from lib.sampling_request import SamplingLimits, SamplingParams, sampling_limits
+from scripts.data.volumes import centred_affine
 
 SAMPLING_KEYS = ("seed", "sampler", "num_inference_steps")
 

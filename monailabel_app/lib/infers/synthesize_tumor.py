@@ -1,22 +1,21 @@
-"""`synthesize_tumor`: a synthetic chest CT with a tumour where the user clicked or drew it (the bundle's ControlNet)."""
+"""`synthesize_tumor`: a synthetic chest CT with a tumor where the user clicked or drew it (the bundle's ControlNet)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from scripts.adherence import tumour_adherence
-from scripts.preprocess import preprocessing_chain
-from scripts.sampling import tumour_condition
-
 from lib.bundle_generator import BundleGenerator
 from lib.infers.synthesize import SAMPLING_KEYS, Synthesize
 from lib.result import mask_payload, result
 from lib.sampling_request import SamplingLimits
-from lib.tumour_request import tumour_request
+from lib.tumor_request import tumor_request
+from scripts.evaluation.adherence import tumor_adherence
+from scripts.transforms.conditioning import tumor_condition
+from scripts.transforms.preprocess import preprocessing_chain
 
 
 class SynthesizeTumor(Synthesize):
-    """Tumour-conditioned sampling; the mask comes from `foreground` clicks or an uploaded `label` on the request's image.
+    """Tumor-conditioned sampling; the mask comes from `foreground` clicks or an uploaded `label` on the request's image.
 
     The result is placed in the image's world frame (see lib/working_frame.py); the mask travels in
     the JSON (see lib/result.py) with the conditioning adherence of the sample.
@@ -26,33 +25,33 @@ class SynthesizeTumor(Synthesize):
     reads_image = True
 
     def __init__(self, bundle: BundleGenerator, limits: SamplingLimits) -> None:
-        super().__init__(bundle, limits, description="A synthetic chest CT (HU) with a tumour at the clicks or the label")
+        super().__init__(bundle, limits, description="A synthetic chest CT (HU) with a tumor at the clicks or the label")
         self.diameter_mm = float(bundle.defaults["tumor_diameter_mm"])
         self.preprocessing = preprocessing_chain(int(self.generator.record["image_size"][0]))[0]
 
     @classmethod
     def default_keys(cls) -> tuple[str, ...]:
-        """The sampling defaults and the default tumour diameter of inference_tumor.json."""
+        """The sampling defaults and the default tumor diameter of inference_tumor.json."""
         return (*SAMPLING_KEYS, "tumor_diameter_mm")
 
     def config(self) -> dict[str, Any]:
-        """The sampling defaults plus the default tumour diameter."""
+        """The sampling defaults plus the default tumor diameter."""
         return {**super().config(), "tumor_diameter_mm": self.diameter_mm}
 
     def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        """MONAI Label's entry point: (CT file, JSON with the tumour mask) for a request whose files the app has checked."""
+        """MONAI Label's entry point: (CT file, JSON with the tumor mask) for a request whose files the app has checked."""
         params = self.limits.parse(request)
-        tumour = tumour_request(request, self.generator.record, self.preprocessing, self.diameter_mm, params.seed)
-        hu, steps, seconds = self.generate(params, tumour_condition(tumour.mask))
+        tumor = tumor_request(request, self.generator.record, self.preprocessing, self.diameter_mm, params.seed)
+        hu, steps, seconds = self.generate(params, tumor_condition(tumor.mask))
         return result(
             hu,
-            tumour.frame.affine,
+            tumor.frame.affine,
             params,
             steps,
             seconds,
             task="synthesize_tumor",
-            placement=tumour.frame.rule,
-            tumour_source=tumour.source,
-            tumour_mask=mask_payload(tumour.mask, tumour.frame.affine),
-            adherence=tumour_adherence(hu, tumour.mask, self.generator.spacing),
+            placement=tumor.frame.rule,
+            tumor_source=tumor.source,
+            tumor_mask=mask_payload(tumor.mask, tumor.frame.affine),
+            adherence=tumor_adherence(hu, tumor.mask, self.generator.spacing),
         )

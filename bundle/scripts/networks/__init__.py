@@ -1,0 +1,32 @@
+"""Networks: self-describing checkpoints, loading and building them, ControlNet wiring, noise schedules, torch.export."""
+
+from scripts.networks.checkpoint import Record
+from scripts.networks.controlnet import ControlledUNet, controlnet_from_unet, controlnet_kwargs
+from scripts.networks.loading import (
+    AUTOENCODER_FILE,
+    CONTROLNET_FILE,
+    DIFFUSION_FILE,
+    default_model_dir,
+    load_autoencoder,
+    load_controlnet,
+    load_diffusion,
+    trainable_autoencoder,
+)
+from scripts.networks.schedules import controlnet_scheduler, training_scheduler
+
+__all__ = [
+    "AUTOENCODER_FILE",
+    "CONTROLNET_FILE",
+    "DIFFUSION_FILE",
+    "ControlledUNet",
+    "Record",
+    "controlnet_from_unet",
+    "controlnet_kwargs",
+    "controlnet_scheduler",
+    "default_model_dir",
+    "load_autoencoder",
+    "load_controlnet",
+    "load_diffusion",
+    "trainable_autoencoder",
+    "training_scheduler",
+]

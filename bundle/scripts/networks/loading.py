@@ -1,0 +1,87 @@
+"""Rebuild trained networks from their self-describing weight files (see `scripts.checkpoint`).
+
+Loaded networks compute attention with torch's `scaled_dot_product_attention` (memory-efficient
+kernels), whatever kernel they were trained with: the weights are the same and the results equal up
+to float rounding, while the explicit attention matrix of the thesis decoder's global attention
+would take 4 GiB at 128^3 and 275 GiB at 256^3.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from monai.networks.nets import AutoencoderKL, ControlNet, DiffusionModelUNet
+
+from scripts.networks.checkpoint import load_checkpoint
+
+logger = logging.getLogger(__name__)
+
+#: Names of the weight files a model folder holds.
+AUTOENCODER_FILE, DIFFUSION_FILE, CONTROLNET_FILE = "autoencoder.pt", "diffusion.pt", "controlnet.pt"
+
+#: Constructor options of every loaded network: the memory-efficient attention kernel.
+INFERENCE_OPTIONS = {"use_flash_attention": True}
+
+
+def _frozen(network: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
+    network.to(device).eval()
+    for p in network.parameters():
+        p.requires_grad_(False)
+    return network
+
+
+def load_autoencoder(path: str | Path, device: torch.device | str = "cpu") -> AutoencoderKL:
+    """The AutoencoderKL stored at `path` (keys `autoencoder`, `autoencoder_record`), frozen, in eval mode."""
+    checkpoint = load_checkpoint(path, ("autoencoder", "autoencoder_record"))
+    network = AutoencoderKL(**{**checkpoint["autoencoder_record"]["network"], **INFERENCE_OPTIONS})
+    network.load_state_dict(checkpoint["autoencoder"])
+    return _frozen(network, device)
+
+
+def trainable_autoencoder(kwargs: dict, init_path: str | Path | None = None, train_encoder: bool = True) -> AutoencoderKL:
+    """A new AutoencoderKL from `kwargs`, started from the weights at `init_path` when one is given.
+
+    `train_encoder=False` freezes the encoder so only the decoder learns: the latents, and the
+    diffusion U-Net and ControlNet trained on them, stay valid (a decoder fine-tune).
+    """
+    network = AutoencoderKL(**kwargs)
+    if init_path:
+        weights = load_checkpoint(init_path, ("autoencoder",))["autoencoder"]
+        try:
+            network.load_state_dict(weights)
+        except RuntimeError as e:
+            raise ValueError(f"autoencoder_init_path {init_path}: its weights do not fit autoencoder_kwargs {kwargs}: {e}") from e
+    if not train_encoder:
+        if not init_path:
+            raise ValueError("train_encoder=false freezes a random encoder: set autoencoder_init_path to trained weights")
+        for module in (network.encoder, network.quant_conv_mu, network.quant_conv_log_sigma):
+            module.requires_grad_(False)
+    return network
+
+
+def load_diffusion(path: str | Path, device: torch.device | str = "cpu") -> tuple[DiffusionModelUNet, dict]:
+    """The diffusion U-Net stored at `path`, frozen, and its record (scale factor, latent shape, schedule, grid)."""
+    checkpoint = load_checkpoint(path, ("diffusion", "diffusion_record"))
+    record = checkpoint["diffusion_record"]
+    network = DiffusionModelUNet(**{**record["network"], **INFERENCE_OPTIONS})
+    network.load_state_dict(checkpoint["diffusion"])
+    return _frozen(network, device), record
+
+
+def load_controlnet(path: str | Path, device: torch.device | str = "cpu") -> tuple[ControlNet, dict]:
+    """The tumor ControlNet stored at `path`, frozen, and its record (conditioning channels, training settings)."""
+    checkpoint = load_checkpoint(path, ("controlnet", "controlnet_record"))
+    record = checkpoint["controlnet_record"]
+    network = ControlNet(**{**record["network"], **INFERENCE_OPTIONS})
+    network.load_state_dict(checkpoint["controlnet"])
+    return _frozen(network, device), record
+
+
+def default_model_dir(bundle_root: str | Path, files: tuple[str, ...] = (AUTOENCODER_FILE, DIFFUSION_FILE)) -> Path:
+    """`models/` once it holds all of `files` (weights you trained), else the shipped `models/demo/`."""
+    trained = Path(bundle_root) / "models"
+    chosen = trained if all((trained / f).is_file() for f in files) else trained / "demo"
+    logger.info("using the weights in %s", chosen)
+    return chosen

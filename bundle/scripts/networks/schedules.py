@@ -1,0 +1,52 @@
+"""Noise schedules a diffusion U-Net is trained with (DDPM or rectified flow), and the samplers each one admits.
+
+A DDPM-trained U-Net predicts the noise and samples with `ddpm` or `ddim`; a rectified-flow
+(RFlow, as MAISI v2) U-Net predicts the velocity `x0 - noise` and samples with `rflow`, in 30
+steps or fewer. The diffusion checkpoint's record names its schedule under `schedule_type`; records
+written before that key existed are DDPM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from monai.networks.schedulers import DDPMScheduler, RFlowScheduler, Scheduler
+
+#: Training schedules and the scheduler class each one trains with.
+TRAINING_SCHEDULERS = {"ddpm": DDPMScheduler, "rflow": RFlowScheduler}
+
+#: Samplers that fit a model trained with each schedule.
+COMPATIBLE_SAMPLERS = {"ddpm": ("ddpm", "ddim"), "rflow": ("rflow",)}
+
+
+def trained_schedule(record: Mapping[str, Any]) -> str:
+    """The schedule a diffusion record was trained with; records without `schedule_type` predate RFlow and are DDPM."""
+    return str(record.get("schedule_type", "ddpm"))
+
+
+def training_scheduler(schedule_type: str, noise_schedule: Mapping[str, Any]) -> Scheduler:
+    """The training scheduler of `schedule_type` built from `noise_schedule`; errors name the key at fault."""
+    if schedule_type not in TRAINING_SCHEDULERS:
+        raise ValueError(f"schedule_type must be one of {sorted(TRAINING_SCHEDULERS)}, got {schedule_type!r}")
+    try:
+        return TRAINING_SCHEDULERS[schedule_type](**noise_schedule)
+    except TypeError as e:
+        raise ValueError(f"noise_schedule does not fit schedule_type {schedule_type!r} (overlay configs/rflow.json for rflow): {e}") from e
+
+
+def controlnet_scheduler(diffusion_record: Mapping[str, Any]) -> DDPMScheduler:
+    """The ControlNet stage's training scheduler, DDPM on the diffusion model's schedule; RFlow ControlNets are not supported yet."""
+    schedule = trained_schedule(diffusion_record)
+    if schedule != "ddpm":
+        raise ValueError(f"train_controlnet.json trains on a DDPM-trained diffusion model; diffusion_path holds a {schedule!r} one")
+    return DDPMScheduler(**diffusion_record["noise_schedule"])
+
+
+def check_sampler(sampler: str, schedule: str) -> None:
+    """Refuse a sampler that cannot sample a model trained with `schedule`, naming the samplers that can."""
+    allowed = COMPATIBLE_SAMPLERS[schedule]
+    if sampler not in allowed:
+        raise ValueError(f"sampler {sampler!r} cannot sample a model trained with the {schedule!r} schedule; use sampler {' or '.join(allowed)}")
+
+

@@ -1,0 +1,7 @@
+"""Sampling: the latent diffusion sampler, tiled decoding, tumor requests, and writing the samples, as configs name them."""
+
+from scripts.sampling.sampler import LatentDiffusionSampler
+from scripts.sampling.tumor_request import requested_mask
+from scripts.sampling.writing import sample_seeds, write_samples
+
+__all__ = ["LatentDiffusionSampler", "requested_mask", "sample_seeds", "write_samples"]

@@ -1,0 +1,176 @@
+"""Sampling synthetic CTs: reverse diffusion in latent space, decoding, and writing NIfTI plus a preview.
+
+Every sample has its own seed (`seed + index`) and its own random generator, so a sample is the
+same whatever the batch size or the number of samples asked for.
+
+Speed and memory options: `rflow` sampling for models trained with rectified flow (see
+`scripts.schedules`), autocast to bfloat16/float16 (`precision`; it pays off on CUDA), tiled
+decoding (`decode_tile`, see `scripts.tiled_decoding`, for grids whose whole decoding does not fit
+the GPU) and `torch.compile` of the denoiser (`compile`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from functools import partial
+
+import numpy as np
+import torch
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, RFlowScheduler, Scheduler
+from tqdm import tqdm
+
+from scripts.data.volumes import to_hu
+from scripts.networks.controlnet import ControlledUNet
+from scripts.networks.schedules import check_sampler, trained_schedule
+from scripts.sampling.tiled_decoding import TiledDecoder
+
+logger = logging.getLogger(__name__)
+
+SCHEDULERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "rflow": RFlowScheduler}
+
+#: Autocast dtypes by `precision`; float32 runs without autocast.
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def make_scheduler(
+    sampler: str, noise_schedule: dict, num_inference_steps: int, schedule_type: str = "ddpm", latent_numel: int | None = None
+) -> Scheduler:
+    """The scheduler `sampler` on the noise schedule the model was trained with (`schedule_type`), set to `num_inference_steps`.
+
+    `latent_numel` (voxels of one latent channel) feeds RFlow's resolution-dependent timestep shift, when its schedule uses it.
+    """
+    if sampler not in SCHEDULERS:
+        raise ValueError(f"sampler must be one of {sorted(SCHEDULERS)}, got {sampler!r}")
+    check_sampler(sampler, schedule_type)
+    train_steps = int(noise_schedule["num_train_timesteps"])
+    if not 1 <= int(num_inference_steps) <= train_steps:
+        raise ValueError(f"num_inference_steps must be between 1 and {train_steps}, got {num_inference_steps}")
+    scheduler = SCHEDULERS[sampler](**noise_schedule)
+    if isinstance(scheduler, RFlowScheduler):
+        scheduler.set_timesteps(int(num_inference_steps), input_img_size_numel=latent_numel)
+    else:
+        scheduler.set_timesteps(int(num_inference_steps))
+    return scheduler
+
+
+def check_precision(precision: str) -> None:
+    """Refuse an unknown `precision`, naming the known ones."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+
+
+def autocast(device: torch.device, precision: str) -> AbstractContextManager:
+    """Autocast to `precision` on `device` (no autocast for float32)."""
+    check_precision(precision)
+    dtype = PRECISIONS[precision]
+    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+def scheduler_step(
+    scheduler: Scheduler, prediction: torch.Tensor, t: float, next_t: float, latents: torch.Tensor, generators: list[torch.Generator]
+) -> torch.Tensor:
+    """One reverse step of a batch: RFlow moves all samples along the velocity to `next_t`; DDPM/DDIM step each sample with its generator."""
+    prediction = prediction.to(latents.dtype)
+    if isinstance(scheduler, RFlowScheduler):
+        return scheduler.step(prediction, t, latents, next_t)[0]
+    return torch.cat([scheduler.step(prediction[j : j + 1], int(t), latents[j : j + 1], generator=g)[0] for j, g in enumerate(generators)])
+
+
+@torch.no_grad()
+def denoise(
+    unet: Callable[..., torch.Tensor], scheduler: Scheduler, noise: torch.Tensor, generators: list[torch.Generator], progress: bool = True
+) -> torch.Tensor:
+    """Run the reverse process from `noise` down to timestep 0; sample j draws its step noise from `generators[j]`."""
+    latents = noise
+    times = scheduler.timesteps.tolist()
+    dtype = torch.float32 if scheduler.timesteps.is_floating_point() else torch.long
+    for t, next_t in tqdm(zip(times, [*times[1:], 0]), total=len(times), desc="denoising", unit="step", disable=not progress):
+        batch_t = torch.full((latents.shape[0],), t, device=latents.device, dtype=dtype)
+        latents = scheduler_step(scheduler, unet(latents, timesteps=batch_t), t, next_t, latents, generators)
+    return latents
+
+
+class LatentDiffusionSampler:
+    """Generates CT volumes in HU from a trained autoencoder and diffusion U-Net, optionally steered by a ControlNet.
+
+    Args:
+        autoencoder: the frozen AutoencoderKL.
+        unet: the frozen DiffusionModelUNet.
+        record: the diffusion checkpoint's record (scale factor, latent shape, schedule, grid, HU window).
+        sampler: `ddim` (fast, the default) or `ddpm` (the thesis' 1000-step sampler) for DDPM-trained
+            models; `rflow` for models trained with rectified flow (configs/rflow.json).
+        num_inference_steps: reverse steps; DDPM uses as many as it was trained with.
+        device: where to sample.
+        controlnet: the frozen tumor ControlNet, for conditioned sampling.
+        precision: `float32`, or `bfloat16`/`float16` autocast of the networks (faster on CUDA GPUs).
+        decode_tile: decode in tiles of this many latent voxels per side (None: whole), to bound memory; same result.
+        compile: `torch.compile` the denoiser (pays off for long runs on a GPU; the first sample pays the compilation).
+    """
+
+    def __init__(
+        self,
+        autoencoder: torch.nn.Module,
+        unet: torch.nn.Module,
+        record: dict,
+        sampler: str = "ddim",
+        num_inference_steps: int = 50,
+        device: torch.device | str = "cpu",
+        controlnet: torch.nn.Module | None = None,
+        precision: str = "float32",
+        decode_tile: int | Sequence[int] | None = None,
+        compile: bool = False,
+    ) -> None:
+        if sampler == "ddpm" and num_inference_steps != record["noise_schedule"]["num_train_timesteps"]:
+            logger.info("ddpm samples with all %d training steps", record["noise_schedule"]["num_train_timesteps"])
+            num_inference_steps = record["noise_schedule"]["num_train_timesteps"]
+        latent_numel = int(np.prod(record["latent_shape"][1:]))
+        self.scheduler = make_scheduler(sampler, record["noise_schedule"], num_inference_steps, trained_schedule(record), latent_numel)
+        self.autoencoder, self.unet, self.record, self.device = autoencoder, unet, record, torch.device(device)
+        self.controlnet = controlnet
+        self.options = {"precision": precision, "decode_tile": decode_tile, "compile": compile}
+        check_precision(precision)
+        self.tiler = TiledDecoder(autoencoder, decode_tile) if decode_tile is not None else None
+        self.denoiser = torch.compile(unet) if compile else unet
+        controlled = ControlledUNet(unet, controlnet) if controlnet is not None else None
+        self.controlled = torch.compile(controlled) if compile and controlled is not None else controlled
+
+    def with_schedule(self, sampler: str, num_inference_steps: int) -> LatentDiffusionSampler:
+        """Another sampler on the same loaded networks and options, with its own scheduler (for per-request settings)."""
+        return LatentDiffusionSampler(
+            self.autoencoder, self.unet, self.record, sampler, num_inference_steps, self.device, self.controlnet, **self.options
+        )
+
+    @property
+    def spacing(self) -> list[float]:
+        return list(self.record["image_spacing_mm"])
+
+    def _generator(self, seed: int) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(int(seed))
+
+    @torch.no_grad()
+    def sample(self, seeds: list[int], condition: torch.Tensor | None = None) -> list[np.ndarray]:
+        """One HU volume (int16, RAS) per seed, generated as one batch; `condition` is a (tumor, lungs) mask."""
+        generators = [self._generator(s) for s in seeds]
+        shape = tuple(self.record["latent_shape"])
+        noise = torch.cat([torch.randn((1, *shape), generator=g, device=self.device) for g in generators])
+        predictor = self.denoiser
+        if condition is not None:
+            if self.controlled is None:
+                raise ValueError("conditioned sampling needs a ControlNet")
+            context = condition[None].to(self.device).expand(len(seeds), *condition.shape)
+            predictor = partial(self.controlled, context=context)
+        with autocast(self.device, self.options["precision"]):
+            latents = denoise(predictor, self.scheduler, noise, generators)
+        return self.decode(latents)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> list[np.ndarray]:
+        """HU volumes from scaled latents: undo the training scale factor, then decode (whole, or in tiles)."""
+        z = latents / self.record["scale_factor"]
+        with autocast(self.device, self.options["precision"]):
+            images = self.tiler(z) if self.tiler else self.autoencoder.decode_stage_2_outputs(z)
+        return [to_hu(image[0].float(), self.record["hu_window"]) for image in images]
+
+

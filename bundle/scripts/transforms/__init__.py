@@ -1,0 +1,8 @@
+"""MONAI transforms of the preprocessing chain and the ControlNet's conditioning mask, as the configs name them."""
+
+from scripts.transforms.alignment import CropToLungBoxd
+from scripts.transforms.body_mask import RemoveTabled
+from scripts.transforms.conditioning import CONDITION_CHANNELS, ConditioningMaskd
+from scripts.transforms.label_channels import LabelToChannelsd
+
+__all__ = ["CONDITION_CHANNELS", "ConditioningMaskd", "CropToLungBoxd", "LabelToChannelsd", "RemoveTabled"]
