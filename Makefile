@@ -9,7 +9,7 @@ SAMPLES ?= 2
 SEED ?= 0
 STEPS ?= 25
 
-.PHONY: sample test demo-weights rflow-demo
+.PHONY: sample test lint demo-weights rflow-demo
 
 $(VENV)/.installed: requirements.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ sample: $(VENV)/.installed
 ## Run the tests.
 test: $(VENV)/.installed
 	$(PY) -m pytest
+
+## Check formatting and lint (ruff, settings in pyproject.toml); `ruff format .` and `ruff check --fix .` mend most findings.
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
 
 ## Rebuild the shipped demo weights in bundle/models/demo from phantoms (about 3.5 hours on a 2-core CPU):
 ## autoencoder, then its decoder fine-tuned to draw tumors; diffusion; ControlNet, then two tumor-weighted

@@ -1,4 +1,4 @@
-"""Decoding benchmark: whole versus tiled VAE decoding (`scripts.tiled_decoding`), in time, memory and HU difference.
+"""Decoding benchmark: whole versus tiled VAE decoding (`scripts.sampling.tiled_decoding`), in time, memory and HU difference.
 
 Measured on trained weights; the GPU memory of the thesis decoder at 128^3 and 256^3 is estimated
 on fake tensors, with the attention kernel the networks are loaded with (scaled dot-product) and
@@ -28,7 +28,9 @@ def tiling_rows(sampler: LatentDiffusionSampler, tiles: Sequence[int | None], se
     latents = torch.randn((1, *sampler.record["latent_shape"]), generator=generator).to(sampler.device)
     rows, whole = [], None
     for tile in tiles:
-        tiled = LatentDiffusionSampler(sampler.autoencoder, sampler.unet, sampler.record, device=sampler.device, decode_tile=tile)
+        tiled = LatentDiffusionSampler(
+            sampler.autoencoder, sampler.unet, sampler.record, device=sampler.device, decode_tile=tile
+        )
         with PeakMemory(sampler.device) as memory:
             (volume,), seconds = timed(lambda: tiled.decode(latents), sampler.device)
         whole = volume.astype(np.int32) if tile is None else whole
@@ -51,7 +53,9 @@ def decode_estimate_gib(config: Configuration, tile: int | None, as_loaded: bool
 
     def setup() -> tuple[AutoencoderKL, torch.Tensor]:
         explicit = {"use_flash_attention": False}
-        autoencoder = AutoencoderKL(**{**config.autoencoder_kwargs, **(INFERENCE_OPTIONS if as_loaded else explicit)}).eval()
+        autoencoder = AutoencoderKL(
+            **{**config.autoencoder_kwargs, **(INFERENCE_OPTIONS if as_loaded else explicit)}
+        ).eval()
         return autoencoder, torch.randn((1, *config.latent_shape))
 
     @torch.no_grad()

@@ -52,7 +52,9 @@ def decode_flops(config: Configuration, batch_size: int = 1) -> int:
 
 
 @torch.no_grad()
-def network_seconds(config: Configuration, device: torch.device, precision: str = "float32", repeats: int = 2) -> dict[str, float]:
+def network_seconds(
+    config: Configuration, device: torch.device, precision: str = "float32", repeats: int = 2
+) -> dict[str, float]:
     """Best wall seconds of one U-Net step and of one decode (batch 1) of the untrained networks, after a warm-up call
     (one timed call when the warm-up took over 10 s, so that a CPU gets through the thesis decoder)."""
     autoencoder, unet = config.untrained(device)
@@ -60,13 +62,18 @@ def network_seconds(config: Configuration, device: torch.device, precision: str 
     timesteps = torch.full((1,), 500, device=device, dtype=torch.long)
     seconds = {}
     with autocast(device, precision):
-        for name, work in (("unet_step", lambda: unet(latents, timesteps=timesteps)), ("decode", lambda: autoencoder.decode_stage_2_outputs(latents))):
+        for name, work in (
+            ("unet_step", lambda: unet(latents, timesteps=timesteps)),
+            ("decode", lambda: autoencoder.decode_stage_2_outputs(latents)),
+        ):
             warmup = timed(work, device)[1]
             seconds[name] = min(timed(work, device)[1] for _ in range(1 if warmup > 10 else repeats))
     return seconds
 
 
-def flops_rows(config: Configuration, seconds: dict[str, float], peak_tflops: float, precision: str) -> list[dict[str, Any]]:
+def flops_rows(
+    config: Configuration, seconds: dict[str, float], peak_tflops: float, precision: str
+) -> list[dict[str, Any]]:
     """Per network call: GFLOP, measured seconds, achieved TFLOP/s and its fraction of the measured peak."""
     flops = {"unet_step": unet_step_flops(config), "decode": decode_flops(config)}
     rows = []

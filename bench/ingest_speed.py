@@ -4,7 +4,7 @@ Run from the repository root:
 
     .venv/bin/python bench/ingest_speed.py [--src DICOM_ROOT] [--n 3] [--size 256] [--workers 1] [--repeat 2]
 
-Without `--src` it first writes phantom DICOM trees (CT, RTSTRUCT, SEG; scripts.phantom_dicom) to a temporary
+Without `--src` it first writes phantom DICOM trees (CT, RTSTRUCT, SEG; scripts.phantoms.dicom_tree) to a temporary
 folder. Both timings read files already in the page cache (the files are read once before timing), and each is
 the best of `--repeat` runs. The target is ingestion within 2x of the floor at the same number of processes.
 """
@@ -59,10 +59,14 @@ def main() -> None:
         read_all(paths)
         floor = best_time(lambda: read_all(paths), args.repeat)
         report_path = Path(tmp) / "out" / "report.json"
-        ingest_time = best_time(lambda: ingest(str(src), str(report_path.parent), workers=args.workers, overwrite=True), args.repeat)
+        ingest_time = best_time(
+            lambda: ingest(str(src), str(report_path.parent), workers=args.workers, overwrite=True), args.repeat
+        )
         summary = json.loads(report_path.read_text())["summary"]
     patients = summary["converted"] + summary["excluded"]
-    print(f"tree: {src if args.src else f'{args.n} phantoms at size {args.size}'}; {len(paths)} files, {patients} patients {summary}")
+    print(
+        f"tree: {src if args.src else f'{args.n} phantoms at size {args.size}'}; {len(paths)} files, {patients} patients {summary}"
+    )
     print(f"floor (pydicom.dcmread, 1 process): {floor / patients:.3f} s per patient")
     print(f"ingest ({args.workers} worker(s)):        {ingest_time / patients:.3f} s per patient")
     print(f"ratio: {ingest_time / floor:.2f}x the floor (target: within 2x)")

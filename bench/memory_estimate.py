@@ -54,7 +54,9 @@ class LiveTensorBytes(TorchDispatchMode):
         return out
 
 
-def state_tensors(modules: Iterable[torch.nn.Module], optimizers: Iterable[torch.optim.Optimizer] = ()) -> list[torch.Tensor]:
+def state_tensors(
+    modules: Iterable[torch.nn.Module], optimizers: Iterable[torch.optim.Optimizer] = ()
+) -> list[torch.Tensor]:
     """Weights, buffers, gradients and optimizer states: the memory a training step starts with."""
     tensors = []
     for module in modules:
@@ -70,7 +72,9 @@ def mixed_precision(amp: bool) -> AbstractContextManager:
     return torch.autocast("cpu", dtype=torch.float16) if amp else nullcontext()
 
 
-def estimate_peak_gib(setup: Callable[[], Any], step: Callable[[Any], Any], held: Callable[[Any], list[torch.Tensor]], warmup: bool = True) -> float:
+def estimate_peak_gib(
+    setup: Callable[[], Any], step: Callable[[Any], Any], held: Callable[[Any], list[torch.Tensor]], warmup: bool = True
+) -> float:
     """Peak GiB of live tensors during `step(setup())` on fake tensors.
 
     `held(state)` lists the tensors alive before the step (weights, optimizer states...). With

@@ -74,18 +74,30 @@ def main() -> None:
         os.environ["OMP_NUM_THREADS"] = args.threads  # the server inherits it
         started = time.perf_counter()
         with running_server(study.path.parent, Path(tmp) / "server.log", conf) as url:
-            print(f"weights: {weights}\nserver threads: {args.threads}\nserver ready after {time.perf_counter() - started:.1f} s")
-            tasks = {"synthesize": {}, "synthesize_tumor": {"foreground": [study.lung_voxel], "tumor_diameter_mm": 30.0}}
+            print(
+                f"weights: {weights}\nserver threads: {args.threads}\nserver ready after {time.perf_counter() - started:.1f} s"
+            )
+            tasks = {
+                "synthesize": {},
+                "synthesize_tumor": {"foreground": [study.lung_voxel], "tumor_diameter_mm": 30.0},
+            }
             print(f"{'task':<18}{'steps':>6}{'median s':>10}{'best s':>8}{'sampling s':>12}")
             for model, extra in tasks.items():
                 for steps in args.steps:
-                    runs = [timed_infer(url, model, {"seed": n, "num_inference_steps": steps, **extra}) for n in range(args.repeats)]
+                    runs = [
+                        timed_infer(url, model, {"seed": n, "num_inference_steps": steps, **extra})
+                        for n in range(args.repeats)
+                    ]
                     seconds = [s for s, _ in runs]
                     sampling = statistics.median(info["sampling_seconds"] for _, info in runs)
-                    print(f"{model:<18}{steps:>6}{statistics.median(seconds):>10.2f}{min(seconds):>8.2f}{sampling:>12.2f}")
+                    print(
+                        f"{model:<18}{steps:>6}{statistics.median(seconds):>10.2f}{min(seconds):>8.2f}{sampling:>12.2f}"
+                    )
             idle = info_seconds(url)
             generation, waited = blocked_info(url, {"seed": 0, "num_inference_steps": max(args.steps)})
-            print(f"GET /info/ idle: {idle:.3f} s; sent 0.3 s into a {generation:.2f} s generation: answered after {waited:.2f} s")
+            print(
+                f"GET /info/ idle: {idle:.3f} s; sent 0.3 s into a {generation:.2f} s generation: answered after {waited:.2f} s"
+            )
 
 
 if __name__ == "__main__":

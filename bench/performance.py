@@ -61,23 +61,56 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if cuda else "cpu")
-    parser.add_argument("--model-dir", type=Path, default=ROOT / "bundle" / "models" / "demo", help="trained (DDPM) weights to sample")
-    parser.add_argument("--rflow-diffusion", type=Path, default=None, help="a diffusion.pt trained with configs/rflow.json on the same autoencoder")
-    parser.add_argument("--reference-dir", type=Path, default=None, help="reference CTs for FID (default: held-out phantoms)")
+    parser.add_argument(
+        "--model-dir", type=Path, default=ROOT / "bundle" / "models" / "demo", help="trained (DDPM) weights to sample"
+    )
+    parser.add_argument(
+        "--rflow-diffusion",
+        type=Path,
+        default=None,
+        help="a diffusion.pt trained with configs/rflow.json on the same autoencoder",
+    )
+    parser.add_argument(
+        "--reference-dir", type=Path, default=None, help="reference CTs for FID (default: held-out phantoms)"
+    )
     parser.add_argument("--reference-cases", type=int, default=16)
-    parser.add_argument("--feature-weights", type=Path, default=None, help="RadImageNet ResNet-50 weights for FID (default: the autoencoder)")
+    parser.add_argument(
+        "--feature-weights",
+        type=Path,
+        default=None,
+        help="RadImageNet ResNet-50 weights for FID (default: the autoencoder)",
+    )
     parser.add_argument("--samples", type=int, default=8, help="volumes per sampler for FID")
     parser.add_argument("--samplers", nargs="+", default=SAMPLERS)
-    parser.add_argument("--variants", nargs="+", default=[v for v in VARIANTS if cuda or v not in ("float16", "compile")], choices=list(VARIANTS))
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=[v for v in VARIANTS if cuda or v not in ("float16", "compile")],
+        choices=list(VARIANTS),
+    )
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), help=f"configurations among {list(SIZES)}")
-    parser.add_argument("--override", action="append", default=[], metavar="KEY=JSON", help="config override for every size (repeatable)")
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="config override for every size (repeatable)",
+    )
     parser.add_argument("--only", nargs="+", default=list(SECTIONS), choices=SECTIONS)
-    parser.add_argument("--decode-grids", nargs="+", type=int, default=[128, 256], help="grids of the thesis decoder's memory estimate")
-    parser.add_argument("--train-iterations", type=int, default=2, help="timed iterations per training measurement (after one warm-up)")
+    parser.add_argument(
+        "--decode-grids", nargs="+", type=int, default=[128, 256], help="grids of the thesis decoder's memory estimate"
+    )
+    parser.add_argument(
+        "--train-iterations", type=int, default=2, help="timed iterations per training measurement (after one warm-up)"
+    )
     parser.add_argument("--max-batch", type=int, default=32, help="largest training batch size tried")
-    parser.add_argument("--memory-budget-gib", type=float, default=None, help="default: 90%% of the GPU, or half the available RAM")
+    parser.add_argument(
+        "--memory-budget-gib", type=float, default=None, help="default: 90%% of the GPU, or half the available RAM"
+    )
     parser.add_argument("--out-dir", type=Path, default=ROOT / "bundle" / "docs")
-    parser.add_argument("--work-dir", type=Path, default=None, help="samples and reference phantoms (default: a temporary folder)")
+    parser.add_argument(
+        "--work-dir", type=Path, default=None, help="samples and reference phantoms (default: a temporary folder)"
+    )
     return parser.parse_args(argv)
 
 
@@ -104,7 +137,13 @@ def sampling_section(args: argparse.Namespace, device: torch.device, work_dir: P
     reference = reference_dir(args.reference_dir, work_dir, args.reference_cases)
     parser = evaluation_parser(model, reference, work_dir, grid, device, args.feature_weights)
     rows = trained_sampler_rows(model, args.samplers, parser, list(range(args.samples)), work_dir, device)
-    return {"model_dir": str(args.model_dir), "grid": grid, "feature_network": parser.get_parsed_content("feature_network").name, "rows": rows, "verdict": verdict(rows)}
+    return {
+        "model_dir": str(args.model_dir),
+        "grid": grid,
+        "feature_network": parser.get_parsed_content("feature_network").name,
+        "rows": rows,
+        "verdict": verdict(rows),
+    }
 
 
 def verdict(rows: list[dict[str, Any]]) -> str:
@@ -149,14 +188,21 @@ def decoding_section(args: argparse.Namespace, device: torch.device, configs: li
     latent = sampler.record["latent_shape"][1]
     measured = tiling_rows(sampler, [None, latent // 2])
     thesis = [c for c in configs if c.name == "thesis"]
-    large = [Configuration(c.name, c.overlays, {**c.overrides, "grid_size": g}) for c in thesis for g in args.decode_grids]
+    large = [
+        Configuration(c.name, c.overlays, {**c.overrides, "grid_size": g}) for c in thesis for g in args.decode_grids
+    ]
     return {"measured": measured, "estimated": decode_memory_rows(large, [None, 32, 16])}
 
 
 def training_section(args: argparse.Namespace, device: torch.device, configs: list[Configuration]) -> dict[str, Any]:
     """Seconds per iteration and peak memory per stage and configuration; autoencoder memory options at the thesis size."""
     budget = args.memory_budget_gib or (0.9 if device.type == "cuda" else 0.5) * device_memory_gib(device)
-    rows = [row for config in configs for stage in STAGES for row in benchmark_stage(config, stage, device, args.train_iterations, args.max_batch, budget)]
+    rows = [
+        row
+        for config in configs
+        for stage in STAGES
+        for row in benchmark_stage(config, stage, device, args.train_iterations, args.max_batch, budget)
+    ]
     options = [row for config in configs if config.name == "thesis" for row in autoencoder_memory_options(config)]
     return {"memory_budget_gib": budget, "rows": rows, "autoencoder_memory_options": options}
 
@@ -200,12 +246,36 @@ def section_tables(results: dict[str, Any]) -> list[tuple[str, str, list[dict[st
     if "flops" in results:
         f = results["flops"]
         peaks = ", ".join(f"{k} {v:.3g} TFLOP/s" for k, v in f["peak_tflops"].items())
-        tables.append(("FLOPs and achieved fraction of peak", f"Untrained networks, batch 1. Measured matmul peak: {peaks}.", f["rows"]))
-        tables.append(("Sampling time per volume, predicted", "Steps x one timed U-Net step + one timed decode (untrained networks; DDPM runs all 1000 steps).", f["predicted_sampling"]))
+        tables.append(
+            (
+                "FLOPs and achieved fraction of peak",
+                f"Untrained networks, batch 1. Measured matmul peak: {peaks}.",
+                f["rows"],
+            )
+        )
+        tables.append(
+            (
+                "Sampling time per volume, predicted",
+                "Steps x one timed U-Net step + one timed decode (untrained networks; DDPM runs all 1000 steps).",
+                f["predicted_sampling"],
+            )
+        )
     if "decoding" in results:
         d = results["decoding"]
-        tables.append(("Tiled decoding, measured", "One random latent on the trained weights, decoded whole and in tiles of `decode_tile` latent voxels (whole-volume norm statistics, halo as wide as the receptive field).", d["measured"]))
-        tables.append(("Decoding memory, estimated", "Thesis decoder, float32, tiles of 32 and 16 latent voxels, live tensor bytes on fake tensors (an estimate of CUDA max allocated): as loaded for sampling (scaled dot-product attention) and with the explicit attention matrix (without the memory-efficient kernel).", d["estimated"]))
+        tables.append(
+            (
+                "Tiled decoding, measured",
+                "One random latent on the trained weights, decoded whole and in tiles of `decode_tile` latent voxels (whole-volume norm statistics, halo as wide as the receptive field).",
+                d["measured"],
+            )
+        )
+        tables.append(
+            (
+                "Decoding memory, estimated",
+                "Thesis decoder, float32, tiles of 32 and 16 latent voxels, live tensor bytes on fake tensors (an estimate of CUDA max allocated): as loaded for sampling (scaled dot-product attention) and with the explicit attention matrix (without the memory-efficient kernel).",
+                d["estimated"],
+            )
+        )
     if "training" in results:
         t = results["training"]
         text = (
@@ -213,7 +283,13 @@ def section_tables(results: dict[str, Any]) -> list[tuple[str, str, list[dict[st
             f"{t['memory_budget_gib']:.1f} GiB (or up to --max-batch). `estimated_gib`: live tensors on fake tensors at this run's precision."
         )
         tables.append(("Training: seconds per iteration and peak memory", text, t["rows"]))
-        tables.append(("Autoencoder training memory options, estimated", "One VAE-GAN iteration, live tensor bytes on fake tensors (GPU estimate).", t["autoencoder_memory_options"]))
+        tables.append(
+            (
+                "Autoencoder training memory options, estimated",
+                "One VAE-GAN iteration, live tensor bytes on fake tensors (GPU estimate).",
+                t["autoencoder_memory_options"],
+            )
+        )
     return tables
 
 
@@ -222,10 +298,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     device = torch.device(args.device)
     configs = configurations(args.sizes, overrides(args.override))
-    results: dict[str, Any] = {"machine": machine(device), "date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(["bench/performance.py", *(argv or sys.argv[1:])])}
+    results: dict[str, Any] = {
+        "machine": machine(device),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "command": " ".join(["bench/performance.py", *(argv or sys.argv[1:])]),
+    }
     trained = has_weights(args.model_dir)
     if not trained:
-        print(f"no trained weights in {args.model_dir}: skipping the sampling, variants and decoding measurements that need them")
+        print(
+            f"no trained weights in {args.model_dir}: skipping the sampling, variants and decoding measurements that need them"
+        )
     sections = {
         "sampling": lambda: sampling_section(args, device, work_dir),
         "variants": lambda: variants_section(args, device),

@@ -60,7 +60,9 @@ class TrainedModel:
         if rflow_diffusion is not None:
             diffusions["rflow"] = load_diffusion(rflow_diffusion, device)
             if diffusions["rflow"][1]["latent_shape"] != diffusions["ddpm"][1]["latent_shape"]:
-                raise ValueError(f"--rflow-diffusion {rflow_diffusion} has another latent shape than {model_dir}: train it on the same autoencoder")
+                raise ValueError(
+                    f"--rflow-diffusion {rflow_diffusion} has another latent shape than {model_dir}: train it on the same autoencoder"
+                )
         return cls(load_autoencoder(model_dir / AUTOENCODER_FILE, device), diffusions, model_dir / AUTOENCODER_FILE)
 
     def sampler(self, spec: str, device: torch.device, **options: Any) -> LatentDiffusionSampler:
@@ -79,7 +81,9 @@ def reference_dir(given: Path | None, work_dir: Path, cases: int) -> Path:
     return work_dir / "reference"
 
 
-def evaluation_parser(model: TrainedModel, reference: Path, work_dir: Path, grid: int, device: torch.device, feature_weights: Path | None) -> ConfigParser:
+def evaluation_parser(
+    model: TrainedModel, reference: Path, work_dir: Path, grid: int, device: torch.device, feature_weights: Path | None
+) -> ConfigParser:
     """configs/evaluate_generation.json set up for this benchmark: the reference, the model's feature network, the grid."""
     overrides = {
         "reference_dir": str(reference),
@@ -112,14 +116,24 @@ def fid_of(parser: ConfigParser, features: SliceFeatures, samples: Path, referen
 
 
 def trained_sampler_rows(
-    model: TrainedModel, specs: Sequence[str], parser: ConfigParser, seeds: Sequence[int], work_dir: Path, device: torch.device
+    model: TrainedModel,
+    specs: Sequence[str],
+    parser: ConfigParser,
+    seeds: Sequence[int],
+    work_dir: Path,
+    device: torch.device,
 ) -> list[dict[str, Any]]:
     """For each sampler: seconds per volume, peak memory, FID against the reference, and the real-vs-real floor."""
     features = parser.get_parsed_content("feature_network")
     reference, _ = parser.get_parsed_content("reference_batch")
     reference_features = volume_features(features, reference)
     a, b = halves(len(reference), 0)
-    rows = [{"sampler": "real vs real (reference halves)", "fid_2p5d": fid_2p5d([reference_features[i] for i in a], [reference_features[i] for i in b])["fid_2p5d"]}]
+    rows = [
+        {
+            "sampler": "real vs real (reference halves)",
+            "fid_2p5d": fid_2p5d([reference_features[i] for i in a], [reference_features[i] for i in b])["fid_2p5d"],
+        }
+    ]
     for spec in specs:
         name, _ = parse_sampler(spec)
         if name == "rflow" and "rflow" not in model.diffusions:
@@ -128,8 +142,15 @@ def trained_sampler_rows(
         folder = work_dir / "samples" / spec
         with PeakMemory(device) as memory:
             seconds = generate(sampler, seeds, folder, 1)
-        row = {"sampler": spec, "steps": len(sampler.scheduler.timesteps), "volumes": len(seeds), "seconds_per_volume": float(np.mean(seconds))}
-        rows.append({**row, "peak_gib": memory.peak_gib, "fid_2p5d": fid_of(parser, features, folder, reference_features)})
+        row = {
+            "sampler": spec,
+            "steps": len(sampler.scheduler.timesteps),
+            "volumes": len(seeds),
+            "seconds_per_volume": float(np.mean(seconds)),
+        }
+        rows.append(
+            {**row, "peak_gib": memory.peak_gib, "fid_2p5d": fid_of(parser, features, folder, reference_features)}
+        )
     return with_speedups(rows)
 
 
@@ -139,7 +160,9 @@ def with_speedups(rows: list[dict[str, Any]], key: str = "seconds_per_volume") -
     return [{**r, "speedup": slowest / r[key]} if key in r else r for r in rows]
 
 
-def variant_rows(model: TrainedModel, spec: str, variants: Sequence[dict[str, Any]], device: torch.device) -> list[dict[str, Any]]:
+def variant_rows(
+    model: TrainedModel, spec: str, variants: Sequence[dict[str, Any]], device: torch.device
+) -> list[dict[str, Any]]:
     """The default sampler with speed options (precision, tiled decoding, torch.compile, batch size): seconds per volume
     (first call, which pays any compilation, and the next), and the largest HU difference from plain float32 volumes of the same seeds."""
     seeds = list(range(max(int(v.get("batch_size", 1)) for v in variants)))
@@ -153,7 +176,15 @@ def variant_rows(model: TrainedModel, spec: str, variants: Sequence[dict[str, An
         _, first_seconds = timed(lambda: sampler.sample(seeds[:batch]), device)
         volumes, seconds = timed(lambda: sampler.sample(seeds[:batch]), device)
         difference = max(int(np.abs(v.astype(np.int32) - baseline[i]).max()) for i, v in enumerate(volumes))
-        rows.append({"sampler": spec, **variant, "first_call_seconds": first_seconds / batch, "seconds_per_volume": seconds / batch, "max_abs_hu_difference": difference})
+        rows.append(
+            {
+                "sampler": spec,
+                **variant,
+                "first_call_seconds": first_seconds / batch,
+                "seconds_per_volume": seconds / batch,
+                "max_abs_hu_difference": difference,
+            }
+        )
     return rows
 
 
@@ -164,6 +195,12 @@ def predicted_rows(config: Configuration, specs: Sequence[str], seconds: dict[st
         name, steps = parse_sampler(spec)
         steps = int(config.record()["noise_schedule"]["num_train_timesteps"]) if name == "ddpm" else steps
         rows.append(
-            {"size": config.name, "grid": config.image_size[0], "sampler": spec, "steps": steps, "predicted_seconds_per_volume": steps * seconds["unet_step"] + seconds["decode"]}
+            {
+                "size": config.name,
+                "grid": config.image_size[0],
+                "sampler": spec,
+                "steps": steps,
+                "predicted_seconds_per_volume": steps * seconds["unet_step"] + seconds["decode"],
+            }
         )
     return with_speedups(rows, "predicted_seconds_per_volume")

@@ -28,7 +28,11 @@ from scripts.networks.controlnet import ControlledUNet
 from scripts.training.losses import AutoencoderLoss
 from scripts.transforms.conditioning import CONDITION_CHANNELS
 
-STAGES = {"autoencoder": "train_autoencoder.json", "diffusion": "train_diffusion.json", "controlnet": "train_controlnet.json"}
+STAGES = {
+    "autoencoder": "train_autoencoder.json",
+    "diffusion": "train_diffusion.json",
+    "controlnet": "train_controlnet.json",
+}
 
 #: Config keys that cut the autoencoder's training memory, tried when its configuration as shipped does not fit.
 MEMORY_SAVERS = {"autoencoder_use_checkpoint": True, "autoencoder_use_flash_attention": True}
@@ -56,15 +60,27 @@ def synthetic_batch(config: Configuration, stage: str, batch_size: int) -> dict[
     if stage == "controlnet":
         condition = torch.zeros((batch_size, len(CONDITION_CHANNELS), *config.image_size))
         centre = [s // 2 for s in config.image_size]
-        condition[:, 0, centre[0] - 2 : centre[0] + 2, centre[1] - 2 : centre[1] + 2, centre[2] - 2 : centre[2] + 2] = 1.0
+        condition[:, 0, centre[0] - 2 : centre[0] + 2, centre[1] - 2 : centre[1] + 2, centre[2] - 2 : centre[2] + 2] = (
+            1.0
+        )
         batch["condition"] = condition
     return batch
 
 
-def stage_trainer(config: Configuration, stage: str, loader: RepeatedBatch, device: torch.device, folder: str) -> Trainer:
+def stage_trainer(
+    config: Configuration, stage: str, loader: RepeatedBatch, device: torch.device, folder: str
+) -> Trainer:
     """The stage's trainer from its workflow config, on `loader`, without checkpoint, log or validation handlers."""
     parser = config.parser(STAGES[stage])
-    parser.update({"device": f"$torch.device('{device}')", "max_epochs": 1, "ckpt_dir": folder, "log_dir": folder, "adversarial_warmup_epochs": 0})
+    parser.update(
+        {
+            "device": f"$torch.device('{device}')",
+            "max_epochs": 1,
+            "ckpt_dir": folder,
+            "log_dir": folder,
+            "adversarial_warmup_epochs": 0,
+        }
+    )
     parser["train#dataloader"] = loader
     parser["train#handlers"] = []
     if stage == "controlnet":  # instead of loading a trained diffusion checkpoint
@@ -73,7 +89,9 @@ def stage_trainer(config: Configuration, stage: str, loader: RepeatedBatch, devi
     return parser.get_parsed_content("train#trainer")
 
 
-def measure_iterations(config: Configuration, stage: str, batch_size: int, iterations: int, device: torch.device) -> dict[str, float]:
+def measure_iterations(
+    config: Configuration, stage: str, batch_size: int, iterations: int, device: torch.device
+) -> dict[str, float]:
     """Seconds per iteration (after one warm-up iteration) and the measured peak memory of `iterations` + 1 iterations."""
     loader = RepeatedBatch(synthetic_batch(config, stage, batch_size), iterations + 1)
     with tempfile.TemporaryDirectory() as folder:
@@ -88,7 +106,12 @@ def measure_iterations(config: Configuration, stage: str, batch_size: int, itera
         with PeakMemory(device) as memory:
             trainer.run()
     seconds = (ends[-1] - ends[0]) / iterations
-    return {"seconds_per_iteration": seconds, "peak_gib": memory.peak_gib, "before_gib": memory.before_gib, "memory_kind": memory.kind}
+    return {
+        "seconds_per_iteration": seconds,
+        "peak_gib": memory.peak_gib,
+        "before_gib": memory.before_gib,
+        "memory_kind": memory.kind,
+    }
 
 
 def autoencoder_step_estimate(config: Configuration, batch_size: int, amp: bool, **network_options: Any) -> float:
@@ -100,7 +123,12 @@ def autoencoder_step_estimate(config: Configuration, batch_size: int, amp: bool,
         discriminator = PatchDiscriminator(**discriminator_kwargs)
         optimizers = [torch.optim.Adam(autoencoder.parameters()), torch.optim.Adam(discriminator.parameters())]
         images = synthetic_batch(config, "autoencoder", batch_size)["image"]
-        return {"networks": [autoencoder, discriminator], "optimizers": optimizers, "images": images, "loss": AutoencoderLoss()}
+        return {
+            "networks": [autoencoder, discriminator],
+            "optimizers": optimizers,
+            "images": images,
+            "loss": AutoencoderLoss(),
+        }
 
     def step(s: dict[str, Any]) -> None:
         (autoencoder, discriminator), (g_optimizer, d_optimizer), images = s["networks"], s["optimizers"], s["images"]
@@ -128,7 +156,12 @@ def noise_step_estimate(config: Configuration, stage: str, batch_size: int, amp:
             trained = ControlNet(**config.controlnet_kwargs)
             network = ControlledUNet(unet, trained)
         batch = synthetic_batch(config, stage, batch_size)
-        return {"network": network, "trained": trained, "optimizer": torch.optim.Adam(trained.parameters()), "batch": batch}
+        return {
+            "network": network,
+            "trained": trained,
+            "optimizer": torch.optim.Adam(trained.parameters()),
+            "batch": batch,
+        }
 
     def step(s: dict[str, Any]) -> None:
         images = s["batch"]["image"]
@@ -139,7 +172,9 @@ def noise_step_estimate(config: Configuration, stage: str, batch_size: int, amp:
             prediction = s["network"](images + noise, timesteps=timesteps, **condition)
         _update(torch.nn.functional.mse_loss(prediction.float(), noise), s["optimizer"])
 
-    return estimate_peak_gib(setup, step, lambda s: [*state_tensors([s["network"]], [s["optimizer"]]), *s["batch"].values()])
+    return estimate_peak_gib(
+        setup, step, lambda s: [*state_tensors([s["network"]], [s["optimizer"]]), *s["batch"].values()]
+    )
 
 
 def _update(loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
@@ -177,13 +212,26 @@ def benchmark_stage(
 
 
 def batch_rows(
-    config: Configuration, stage: str, device: torch.device, iterations: int, max_batch: int, budget_gib: float, settings: str = "as configured"
+    config: Configuration,
+    stage: str,
+    device: torch.device,
+    iterations: int,
+    max_batch: int,
+    budget_gib: float,
+    settings: str = "as configured",
 ) -> list[dict[str, Any]]:
     """Rows for batch 1 and the largest batch (up to `max_batch`) whose estimate fits `budget_gib` and that runs without running out of memory."""
     rows: list[dict[str, Any]] = []
     for batch in batch_sizes(max_batch):
         estimate = step_estimate(config, stage, batch, device)
-        row = {"stage": stage, "size": config.name, "grid": config.image_size[0], "settings": settings, "batch": batch, "estimated_gib": estimate}
+        row = {
+            "stage": stage,
+            "size": config.name,
+            "grid": config.image_size[0],
+            "settings": settings,
+            "batch": batch,
+            "estimated_gib": estimate,
+        }
         if estimate > budget_gib:
             rows.append({**row, "skipped": f"estimate {estimate:.1f} GiB exceeds the {budget_gib:.1f} GiB budget"})
             break
@@ -207,6 +255,17 @@ def autoencoder_memory_options(config: Configuration, batch_size: int = 1) -> li
     for amp in (False, True):
         for checkpoint in (False, True):
             for flash in (False, True):
-                gib = autoencoder_step_estimate(config, batch_size, amp, use_checkpoint=checkpoint, use_flash_attention=flash)
-                rows.append({"size": config.name, "batch": batch_size, "amp": amp, "use_checkpoint": checkpoint, "use_flash_attention": flash, "estimated_gpu_gib": gib})
+                gib = autoencoder_step_estimate(
+                    config, batch_size, amp, use_checkpoint=checkpoint, use_flash_attention=flash
+                )
+                rows.append(
+                    {
+                        "size": config.name,
+                        "batch": batch_size,
+                        "amp": amp,
+                        "use_checkpoint": checkpoint,
+                        "use_flash_attention": flash,
+                        "estimated_gpu_gib": gib,
+                    }
+                )
     return rows

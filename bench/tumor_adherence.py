@@ -50,7 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--centres", default=CENTRES, help="tumor centres as x,y,z in RAS mm, separated by ';'")
     parser.add_argument("--diameter", type=float, default=40.0, help="tumor diameter in mm")
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps")
-    parser.add_argument("--phantoms", type=Path, default=None, help="training cases (datalist.json) for the reconstruction check")
+    parser.add_argument(
+        "--phantoms", type=Path, default=None, help="training cases (datalist.json) for the reconstruction check"
+    )
     parser.add_argument("--cases", type=int, default=4, help="cases of --phantoms to reconstruct")
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the rows and means")
     return parser.parse_args(argv)
@@ -60,7 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def reconstruction_rows(sampler: LatentDiffusionSampler, dataset_dir: Path, cases: int) -> list[dict]:
     """Per training case: GTV voxels above TISSUE_HU in the preprocessed CT and in the autoencoder's reconstruction of it."""
     record = sampler.record
-    parser = load_bundle_config(["train_autoencoder.json"], {"grid_size": record["image_size"][0], "dataset_dir": str(dataset_dir)})
+    parser = load_bundle_config(
+        ["train_autoencoder.json"], {"grid_size": record["image_size"][0], "dataset_dir": str(dataset_dir)}
+    )
     preprocessing = parser.get_parsed_content("preprocessing")
     rows = []
     for item in load_decathlon_datalist(str(dataset_dir / "datalist.json"), True, "training")[:cases]:
@@ -72,14 +76,19 @@ def reconstruction_rows(sampler: LatentDiffusionSampler, dataset_dir: Path, case
         reconstruction = sampler.autoencoder.decode_stage_2_outputs(sampler.autoencoder.encode_stage_2_inputs(image))
         original, decoded = (to_hu(x[0, 0], record["hu_window"]) for x in (image, reconstruction))
         rows.append(
-            {"case": Path(item["image"]).parent.name, "gtv_voxels": int(tumor.sum()),
-             "original_gtv_tissue_fraction": float((original[tumor] > TISSUE_HU).mean()),
-             "reconstructed_gtv_tissue_fraction": float((decoded[tumor] > TISSUE_HU).mean())}
+            {
+                "case": Path(item["image"]).parent.name,
+                "gtv_voxels": int(tumor.sum()),
+                "original_gtv_tissue_fraction": float((original[tumor] > TISSUE_HU).mean()),
+                "reconstructed_gtv_tissue_fraction": float((decoded[tumor] > TISSUE_HU).mean()),
+            }
         )
     return rows
 
 
-def adherence_rows(sampler: LatentDiffusionSampler, centres: list[list[float]], seeds: list[int], diameter: float) -> list[dict]:
+def adherence_rows(
+    sampler: LatentDiffusionSampler, centres: list[list[float]], seeds: list[int], diameter: float
+) -> list[dict]:
     """One row per centre and seed: adherence of the conditioned sample and of the unconditional one to the same mask."""
     plain = {seed: sampler.sample([seed])[0] for seed in seeds}
     rows = []
@@ -110,7 +119,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     unet, record = load_diffusion(args.model_dir / "diffusion.pt")
     controlnet, _ = load_controlnet(args.model_dir / "controlnet.pt")
-    sampler = LatentDiffusionSampler(load_autoencoder(args.model_dir / "autoencoder.pt"), unet, record, "ddim", args.steps, controlnet=controlnet)
+    sampler = LatentDiffusionSampler(
+        load_autoencoder(args.model_dir / "autoencoder.pt"), unet, record, "ddim", args.steps, controlnet=controlnet
+    )
     result = {"model_dir": str(args.model_dir), "diameter_mm": args.diameter, "steps": args.steps}
     if args.phantoms:
         result["reconstruction"] = reconstruction_rows(sampler, args.phantoms, args.cases)
@@ -118,7 +129,14 @@ def main(argv: list[str] | None = None) -> dict:
     centres = [[float(v) for v in c.split(",")] for c in args.centres.split(";")]
     rows = adherence_rows(sampler, centres, args.seeds, args.diameter)
     result.update({"rows": rows, "means": means(rows)})
-    short = [{"centre_mm": r["centre_mm"], "seed": r["seed"], **{k: r[k] for k in r if k.endswith(("dice", "distance_mm", "soft_tissue_fraction"))}} for r in rows]
+    short = [
+        {
+            "centre_mm": r["centre_mm"],
+            "seed": r["seed"],
+            **{k: r[k] for k in r if k.endswith(("dice", "distance_mm", "soft_tissue_fraction"))},
+        }
+        for r in rows
+    ]
     print(markdown_table(short))
     print(markdown_table([result["means"]]))
     if args.out:

@@ -62,14 +62,25 @@ def free_port() -> int:
 
 def start_server_command(studies: Path, port: int, conf: Mapping[str, str]) -> tuple[list[str], dict[str, str]]:
     """`monailabel start_server` for this app on 127.0.0.1:`port`, and the environment it adds (none)."""
-    command = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(APP_DIR), "--studies", str(studies)]
+    command = [
+        sys.executable,
+        "-m",
+        "monailabel.main",
+        "start_server",
+        "--app",
+        str(APP_DIR),
+        "--studies",
+        str(studies),
+    ]
     command += ["--host", "127.0.0.1", "--port", str(port)]
     for key, value in conf.items():
         command += ["--conf", key, str(value)]
     return command, {}
 
 
-def uvicorn_command(studies: Path, port: int, conf: Mapping[str, str], cors_origins: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+def uvicorn_command(
+    studies: Path, port: int, conf: Mapping[str, str], cors_origins: Sequence[str]
+) -> tuple[list[str], dict[str, str]]:
     """uvicorn serving MONAI Label for this app on 127.0.0.1:`port`, with the settings it reads from the environment."""
     environment = {
         "MONAI_LABEL_APP_DIR": str(APP_DIR),
@@ -77,7 +88,16 @@ def uvicorn_command(studies: Path, port: int, conf: Mapping[str, str], cors_orig
         "MONAI_LABEL_APP_CONF": json.dumps(dict(conf)),
         "MONAI_LABEL_CORS_ORIGINS": json.dumps(list(cors_origins)),
     }
-    return [sys.executable, "-m", "uvicorn", "monailabel.app:app", "--host", "127.0.0.1", "--port", str(port)], environment
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "monailabel.app:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ], environment
 
 
 def wait_ready(url: str, process: subprocess.Popen, log: Path, timeout_s: float) -> dict:
@@ -107,7 +127,11 @@ def stop(process: subprocess.Popen) -> None:
 
 @contextmanager
 def running_server(
-    studies: Path, log: Path, conf: Mapping[str, str] | None = None, cors_origins: Sequence[str] | None = None, timeout_s: float = 300.0
+    studies: Path,
+    log: Path,
+    conf: Mapping[str, str] | None = None,
+    cors_origins: Sequence[str] | None = None,
+    timeout_s: float = 300.0,
 ) -> Iterator[str]:
     """A server for this app on a free port of 127.0.0.1 (uvicorn when `cors_origins` is given); yields its URL, always stops it."""
     port = free_port()
@@ -117,7 +141,9 @@ def running_server(
         command, settings = uvicorn_command(studies, port, conf or {}, cors_origins)
     environment = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), **settings}
     with open(log, "w") as output:
-        process = subprocess.Popen(command, env=environment, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command, env=environment, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_ready(url, process, log, timeout_s)

@@ -39,9 +39,18 @@ class LungCTSynthesisApp(MONAILabelApp):
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
         self.app_conf = app_conf(conf or {})
         if self.app_conf.bundle_dir != SERVED_BUNDLE:
-            raise ValueError(f"bundle_dir: this process imported {SERVED_BUNDLE}; give --conf bundle_dir when the server starts")
+            raise ValueError(
+                f"bundle_dir: this process imported {SERVED_BUNDLE}; give --conf bundle_dir when the server starts"
+            )
         metadata = json.loads((SERVED_BUNDLE / "configs" / "metadata.json").read_text())
-        super().__init__(app_dir, studies, conf, name="Lung CT synthesis", description=metadata.get("description", ""), version=metadata["version"])
+        super().__init__(
+            app_dir,
+            studies,
+            conf,
+            name="Lung CT synthesis",
+            description=metadata.get("description", ""),
+            version=metadata["version"],
+        )
 
     def init_infers(self) -> dict[str, InferTask]:
         """Each task whose weights exist; a missing weight file leaves that task out with a warning."""

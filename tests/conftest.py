@@ -1,53 +1,17 @@
-"""Shared fixtures: tiny phantom data and tiny trained models, built once per test session with the real configs."""
+"""Shared fixtures: tiny phantom data and tiny trained models, built once per test session with the real configs.
+
+The plain helpers they use (BUNDLE, TINY, run_bundle, ...) live in tests/helpers; pytest.ini puts bundle/ and tests/
+on sys.path.
+"""
 
 from __future__ import annotations
 
-import copy
-import os
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import torch
-from monai.bundle import ConfigWorkflow
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
-sys.path.insert(0, str(BUNDLE))
-
-#: Overrides that shrink the demo configuration so each stage trains in seconds on a CPU.
-TINY = {
-    "grid_size": 32,
-    "autoencoder_channels": [8, 16, 16],
-    "autoencoder_norm_num_groups": 8,
-    "discriminator_channels": 8,
-    "diffusion_channels": [16, 32, 32],
-    "diffusion_norm_num_groups": 8,
-    "diffusion_num_head_channels": [0, 16, 16],
-    "controlnet_embedding_channels": [8, 16, 16],
-    "batch_size": 2,
-    "num_workers": 0,
-    "val_interval": 1,
-}
-
-
-def training_overrides(phantom_dir: Path, folder: Path) -> dict:
-    """TINY networks trained on `phantom_dir`, with checkpoints, logs and the cache in `folder`."""
-    return {**TINY, "dataset_dir": str(phantom_dir), "ckpt_dir": str(folder), "log_dir": str(folder / "logs"), "cache_dir": str(folder / "cache")}
-
-
-def run_bundle(configs: list[str], overrides: dict, cwd: Path = BUNDLE, check: bool = True) -> subprocess.CompletedProcess:
-    """Run `python -m monai.bundle run` from the bundle folder, as a user would; returns the finished process."""
-    config_file = "[" + ",".join(f"'configs/{c}'" for c in configs) + "]"
-    args = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_file]
-    for key, value in overrides.items():
-        args += [f"--{key}", repr(value) if isinstance(value, (list, bool)) else str(value)]
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    if check and done.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
-    return done
+from helpers import train_in_process, training_overrides
 
 
 @pytest.fixture(scope="session")
@@ -60,21 +24,6 @@ def phantom_dir(tmp_path_factory) -> Path:
     return root
 
 
-def train_in_process(configs: list[str], network_id: str, overrides: dict) -> dict[str, torch.Tensor]:
-    """Run a training workflow in this process; returns the network's weights from before training."""
-    cwd = os.getcwd()
-    os.chdir(BUNDLE)  # the configs import configs/common.json relative to the bundle folder
-    try:
-        workflow = ConfigWorkflow(config_file=[f"configs/{c}" for c in configs], workflow_type=None, **overrides)
-        workflow.initialize()
-        initial = copy.deepcopy(workflow.parser.get_parsed_content(network_id).state_dict())
-        workflow.run()
-        workflow.finalize()
-    finally:
-        os.chdir(cwd)
-    return initial
-
-
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, phantom_dir) -> SimpleNamespace:
     """Tiny models trained on the phantoms: autoencoder (two epochs, the second adversarial), diffusion and ControlNet (three).
@@ -84,7 +33,9 @@ def trained(tmp_path_factory, phantom_dir) -> SimpleNamespace:
     ckpt = tmp_path_factory.mktemp("models")
     common = training_overrides(phantom_dir, ckpt)
     autoencoder = train_in_process(
-        ["train_autoencoder.json", "demo.json"], "autoencoder", {**common, "max_epochs": 2, "adversarial_warmup_epochs": 1}
+        ["train_autoencoder.json", "demo.json"],
+        "autoencoder",
+        {**common, "max_epochs": 2, "adversarial_warmup_epochs": 1},
     )
     diffusion = train_in_process(["train_diffusion.json", "demo.json"], "network", {**common, "max_epochs": 3})
     controlnet = train_in_process(["train_controlnet.json", "demo.json"], "controlnet", {**common, "max_epochs": 3})

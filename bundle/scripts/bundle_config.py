@@ -24,7 +24,7 @@ def _absolute_macros(config: Any, bundle_dir: Path) -> Any:
     if isinstance(config, list):
         return [_absolute_macros(v, bundle_dir) for v in config]
     if isinstance(config, str) and config.startswith(MACRO):
-        return f"%{bundle_dir / 'configs'}/{config[len(MACRO):]}"
+        return f"%{bundle_dir / 'configs'}/{config[len(MACRO) :]}"
     return config
 
 

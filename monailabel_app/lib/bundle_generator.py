@@ -23,7 +23,9 @@ class BundleGenerator:
     defaults: dict[str, Any]
 
 
-def load_generator(config: str, bundle_dir: Path, model_dir: Path | None, default_keys: tuple[str, ...]) -> BundleGenerator:
+def load_generator(
+    config: str, bundle_dir: Path, model_dir: Path | None, default_keys: tuple[str, ...]
+) -> BundleGenerator:
     """Parse `configs/<config>` of `bundle_dir` (with `model_dir` if given) and load its `generator`."""
     parser = load_bundle_config([config], {"model_dir": str(model_dir)} if model_dir else None, bundle_dir=bundle_dir)
     generator = parser.get_parsed_content("generator")

@@ -40,7 +40,9 @@ def checked_files(request: dict[str, Any], datastore: Datastore, reads_image: bo
     checked = dict(request)
     label = checked.get("label")
     if label is not None and not is_upload(label):
-        raise RequestError("label", "is read only from the form's label upload (a .nii or .nii.gz file), never from a path in params")
+        raise RequestError(
+            "label", "is read only from the form's label upload (a .nii or .nii.gz file), never from a path in params"
+        )
     if not reads_image:
         checked["image"] = ""
         checked.pop("label", None)
@@ -48,6 +50,8 @@ def checked_files(request: dict[str, Any], datastore: Datastore, reads_image: bo
     image = checked.get("image")
     if not (is_upload(image) or (isinstance(image, str) and image in datastore.list_images())):
         raise RequestError(
-            "image", f"{shown(image)} is neither an image of this server's datastore nor a NIfTI (.nii, .nii.gz) uploaded as the form's file", 404
+            "image",
+            f"{shown(image)} is neither an image of this server's datastore nor a NIfTI (.nii, .nii.gz) uploaded as the form's file",
+            404,
         )
     return checked

@@ -35,7 +35,9 @@ def mask_payload(mask: np.ndarray, affine: np.ndarray) -> dict[str, Any]:
     return {"format": MASK_FORMAT, "voxels": int(mask.sum()), "data": base64.b64encode(data).decode("ascii")}
 
 
-def result(hu: np.ndarray, affine: np.ndarray, params: SamplingParams, steps_run: int, seconds: float, **extra: Any) -> tuple[str, dict[str, Any]]:
+def result(
+    hu: np.ndarray, affine: np.ndarray, params: SamplingParams, steps_run: int, seconds: float, **extra: Any
+) -> tuple[str, dict[str, Any]]:
     """The task's answer to MONAI Label: (CT file, JSON describing it)."""
     description = {
         "seed": params.seed,

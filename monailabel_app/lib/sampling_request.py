@@ -43,7 +43,8 @@ class SamplingLimits:
         steps = integer(request, "num_inference_steps", self.num_inference_steps, 1, self.max_inference_steps)
         if sampler == "ddpm" and self.train_steps > self.max_inference_steps:
             raise RequestError(
-                "sampler", f"ddpm runs all {self.train_steps} training steps, more than this server's max_inference_steps ({self.max_inference_steps})"
+                "sampler",
+                f"ddpm runs all {self.train_steps} training steps, more than this server's max_inference_steps ({self.max_inference_steps})",
             )
         return SamplingParams(integer(request, "seed", self.seed, 0, MAX_SEED), sampler, steps)
 

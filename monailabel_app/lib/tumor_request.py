@@ -34,12 +34,16 @@ class TumorRequest:
     source: str  # "foreground" or "label"
 
 
-def clicked_mask(image: UserImage, frame: WorkingFrame, record: dict, clicks: list, diameter_mm: float, seed: int) -> np.ndarray:
+def clicked_mask(
+    image: UserImage, frame: WorkingFrame, record: dict, clicks: list, diameter_mm: float, seed: int
+) -> np.ndarray:
     """The union of one seeded tumor per click, on the frame's grid."""
     mask = np.zeros(frame.shape, np.uint8)
     for n, click in enumerate(clicks):
         if any(not -0.5 <= c <= size - 0.5 for c, size in zip(click, image.shape)):
-            raise RequestError("foreground", f"point {n} {list(click)} lies outside the image ({list(image.shape)} voxels)")
+            raise RequestError(
+                "foreground", f"point {n} {list(click)} lies outside the image ({list(image.shape)} voxels)"
+            )
         try:
             blob, _ = mask_from_centre(record, frame.to_centred_mm(image.world(click)), diameter_mm, seed + n)
         except ValueError as error:  # the bundle explains why the tumor does not fit
@@ -52,7 +56,9 @@ def label_mask(image: UserImage, frame: WorkingFrame, path: str | Path) -> np.nd
     """The uploaded binary label, checked against the image's grid and mapped onto the frame's grid."""
     label = read_header(path, "label")
     if tuple(label.shape) != image.shape:
-        raise RequestError("label", f"has shape {list(label.shape)} but the image has {list(image.shape)}: draw it on the image's grid")
+        raise RequestError(
+            "label", f"has shape {list(label.shape)} but the image has {list(image.shape)}: draw it on the image's grid"
+        )
     if not np.allclose(label.affine, image.affine, atol=1e-3):
         raise RequestError("label", "has another geometry (affine) than the image: draw it on the image's grid")
     data = np.asanyarray(label.dataobj)
@@ -68,14 +74,21 @@ def label_mask(image: UserImage, frame: WorkingFrame, path: str | Path) -> np.nd
 
 
 def tumor_request(
-    request: Mapping[str, Any], record: dict, preprocessing: Callable[[dict], dict], default_diameter_mm: float, seed: int
+    request: Mapping[str, Any],
+    record: dict,
+    preprocessing: Callable[[dict], dict],
+    default_diameter_mm: float,
+    seed: int,
 ) -> TumorRequest:
     """Read `foreground` and `tumor_diameter_mm`, or `label`, from a request whose `image` and `label` paths the app resolved."""
     clicks = points(request, "foreground", MAX_CLICKS)
     diameter = number(request, "tumor_diameter_mm", default_diameter_mm, MIN_DIAMETER_MM, MAX_DIAMETER_MM)
     label = request.get("label")
     if bool(clicks) == bool(label):
-        raise RequestError("foreground", "give either foreground clicks (with tumor_diameter_mm) or an uploaded label, not both or neither")
+        raise RequestError(
+            "foreground",
+            "give either foreground clicks (with tumor_diameter_mm) or an uploaded label, not both or neither",
+        )
     image = user_image(request["image"])
     frame = working_frame(image, record, preprocessing)
     if label:

@@ -3,7 +3,7 @@
 The rule (the same alignment the bundle's preprocessing gives every training case):
 - The working frame is the box the bundle's preprocessing (`configs/common.json`: orient to RAS,
   remove the table, resample to the working spacing, crop `field_of_view_mm` centred on the lungs'
-  bounding box, `scripts.alignment`) cuts from the user's CT. The synthetic CT is written with that
+  bounding box, `scripts.transforms.alignment`) cuts from the user's CT. The synthetic CT is written with that
   box's affine, so in Slicer it overlays the user's CT with the lungs centred alike.
 - A click or a label keeps its world position (RAS mm): equivalently, its millimetre offset from the
   centre of the user's lungs becomes the same offset from the centre of the synthetic lungs, which
@@ -96,5 +96,7 @@ def working_frame(image: UserImage, record: dict, preprocessing: Callable[[dict]
     ct = preprocessing({"image": str(image.path)})["image"]
     affine = np.asarray(ct.affine, float)
     if tuple(ct.shape[1:]) != shape or not np.allclose(np.sqrt((affine[:3, :3] ** 2).sum(0)), spacing, rtol=1e-4):
-        raise RuntimeError(f"the bundle's preprocessing gives a {list(ct.shape[1:])} grid, the weights were trained on {list(shape)} of {list(spacing)} mm")
+        raise RuntimeError(
+            f"the bundle's preprocessing gives a {list(ct.shape[1:])} grid, the weights were trained on {list(shape)} of {list(spacing)} mm"
+        )
     return WorkingFrame(affine, shape, spacing, LUNG_BOX)

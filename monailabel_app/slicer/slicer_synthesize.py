@@ -85,7 +85,9 @@ def synthesize_with_tumor(
     with tempfile.TemporaryDirectory() as folder:
         image_file = Path(folder) / "image.nii.gz"
         slicer.util.exportNode(volume, str(image_file))
-        label_file = saved_label(segmentation, segment_id, volume, Path(folder) / "label.nii.gz") if segmentation else None
+        label_file = (
+            saved_label(segmentation, segment_id, volume, Path(folder) / "label.nii.gz") if segmentation else None
+        )
         clicks = clicked_voxels(markups, volume) if markups else None
         params = request_params(seed, num_inference_steps, sampler, clicks, diameter_mm if clicks else None)
         result = synthesize(server_url, TUMOR_TASK, params, RESULTS, image_file=image_file, label_file=label_file)

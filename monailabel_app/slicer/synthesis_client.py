@@ -84,7 +84,11 @@ def synthesize(
     with tempfile.TemporaryDirectory() as scratch:
         client = MONAILabelClient(server_url, tmpdir=scratch)
         received, info = client.infer(
-            model, "" if image_file else image_id, dict(params), label_in=str(label_file) if label_file else None, file=str(image_file) if image_file else None
+            model,
+            "" if image_file else image_id,
+            dict(params),
+            label_in=str(label_file) if label_file else None,
+            file=str(image_file) if image_file else None,
         )
         if received is None or Path(received).resolve().parent != Path(scratch).resolve():
             raise ValueError(f"the server sent no CT file, or named it outside the download folder: {received!r}")

@@ -1,4 +1,4 @@
-"""MONAI datalist JSON with a seeded train/validation/test split of case folders."""
+"""MONAI datalist JSON: a seeded train/validation/test split of case folders, and one split as a cached dataset."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+from monai.data import PersistentDataset, load_decathlon_datalist
+from monai.data.utils import pickle_hashing
+from monai.transforms import Transform
 
 #: Keys of the datalist's sections, as `monai.data.load_decathlon_datalist` reads them.
 SPLITS = ("training", "validation", "test")
@@ -48,3 +51,11 @@ def write_datalist(
     path = Path(root) / "datalist.json"
     path.write_text(json.dumps(datalist, indent=2) + "\n")
     return path
+
+
+def cached_split(datalist: str, split: str, transform: Transform, cache_dir: str) -> PersistentDataset:
+    """The cases of one `split` of `datalist`, with the deterministic `transform` cached in `cache_dir` across runs."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    data = load_decathlon_datalist(datalist, True, split)
+    return PersistentDataset(data, transform=transform, cache_dir=cache_dir, hash_transform=pickle_hashing)

@@ -35,5 +35,3 @@ def tumor_channel(masks: torch.Tensor, channel_names: Sequence[str], channel_dim
     names = list(channel_names)
     index = torch.tensor([names.index(n) for n in TUMOR_CHANNELS], device=masks.device)
     return masks.index_select(channel_dim, index).amax(channel_dim, keepdim=True)
-
-

@@ -19,19 +19,25 @@ def read_binary_mask(path: str | Path) -> tuple[nib.Nifti1Image, np.ndarray]:
     data = np.asanyarray(image.dataobj)
     values = np.unique(data)
     if data.ndim != 3 or not set(values.tolist()) <= {0, 1}:
-        raise ValueError(f"mask {path} must be a 3D binary (0/1) volume; it has shape {data.shape} and values {values[:10].tolist()}")
+        raise ValueError(
+            f"mask {path} must be a 3D binary (0/1) volume; it has shape {data.shape} and values {values[:10].tolist()}"
+        )
     if not values.any():
         raise ValueError(f"mask {path} is empty")
     return image, data
 
 
-def resample_mask(data: np.ndarray, affine: np.ndarray, grid_affine: np.ndarray, shape: Sequence[int], name: str) -> np.ndarray:
+def resample_mask(
+    data: np.ndarray, affine: np.ndarray, grid_affine: np.ndarray, shape: Sequence[int], name: str
+) -> np.ndarray:
     """Binary `data` placed by `affine`, resampled (nearest) by world coordinates onto a grid; refused if it leaves it.
 
     `name` (the file or request parameter) goes into the error messages.
     """
     source_voxels = np.linalg.solve(affine, grid_affine)  # grid voxel -> mask voxel
-    resampled = ndimage.affine_transform(data.astype(np.uint8), source_voxels[:3, :3], source_voxels[:3, 3], tuple(shape), order=0)
+    resampled = ndimage.affine_transform(
+        data.astype(np.uint8), source_voxels[:3, :3], source_voxels[:3, 3], tuple(shape), order=0
+    )
     foreground = np.argwhere(data > 0)
     in_grid = np.linalg.solve(grid_affine, affine)[:3] @ np.c_[foreground, np.ones(len(foreground))].T
     spacing = np.sqrt((grid_affine[:3, :3] ** 2).sum(0)).round(3).tolist()

@@ -59,7 +59,9 @@ def export_dicom(ct: str, out: str, mask: str | None = None, name: str | None = 
     if mask is not None:
         label, data = read_binary_mask(mask)
         if label.shape != image.shape or not np.allclose(label.affine, image.affine, atol=1e-3):
-            raise ValueError(f"mask {mask} must be on the CT's grid: shape {label.shape} vs {image.shape}, or another affine")
+            raise ValueError(
+                f"mask {mask} must be on the CT's grid: shape {label.shape} vs {image.shape}, or another affine"
+            )
         rois = [("GTV-1", "gtv_1", to_lps(data > 0, image.affine)[0])]
     case = name or Path(ct).name.removesuffix(".nii.gz").removesuffix(".nii")
     with staged_folder(Path(out), overwrite=overwrite) as staging:
@@ -76,7 +78,12 @@ def _datasets(hu: np.ndarray, affine_ras: np.ndarray, rois: list, case: str) -> 
     now = datetime.datetime.now()
     uid = _fresh_uids()
     common = study_attributes(
-        f"SYNTHETIC-{case}", f"SYNTHETIC^{case}", uid("study"), MANUFACTURER, now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+        f"SYNTHETIC-{case}",
+        f"SYNTHETIC^{case}",
+        uid("study"),
+        MANUFACTURER,
+        now.strftime("%Y%m%d"),
+        now.strftime("%H%M%S"),
     )
     hu_lps, affine_lps = to_lps(hu, affine_ras)
     slices = ct_slices(hu_lps, affine_lps, uid, common, signed=True)

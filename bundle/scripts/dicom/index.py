@@ -138,7 +138,11 @@ def _referenced(dataset: Dataset) -> tuple[str, tuple[str, ...]]:
         for frame in dataset.get("ReferencedFrameOfReferenceSequence", [])
         for study in frame.get("RTReferencedStudySequence", [])
         for item in study.get("RTReferencedSeriesSequence", [])
-    ] + [str(item.SeriesInstanceUID) for item in dataset.get("ReferencedSeriesSequence", []) if "SeriesInstanceUID" in item]
+    ] + [
+        str(item.SeriesInstanceUID)
+        for item in dataset.get("ReferencedSeriesSequence", [])
+        if "SeriesInstanceUID" in item
+    ]
     own = str(dataset.get("FrameOfReferenceUID", "") or (frames[0] if frames else ""))
     return own, tuple(series)
 

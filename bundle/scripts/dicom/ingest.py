@@ -90,11 +90,15 @@ def _choose_ct(patient: Patient, sources: list[Series], notes: _Notes) -> Series
             f"{len(cts)} CT series and {len(candidates) or 'none'} of them referenced by the RTSTRUCT/SEG: "
             + ", ".join(c.uid for c in cts)
         )
-    notes.warnings += [f"CT series {c.uid} not referenced by the RTSTRUCT/SEG; ignored" for c in cts if c is not candidates[0]]
+    notes.warnings += [
+        f"CT series {c.uid} not referenced by the RTSTRUCT/SEG; ignored" for c in cts if c is not candidates[0]
+    ]
     return candidates[0]
 
 
-def _read_sources(files: list[DicomFile], grid: Grid, names: RoiNames, prefer: str, notes: _Notes) -> list[StructureSet]:
+def _read_sources(
+    files: list[DicomFile], grid: Grid, names: RoiNames, prefer: str, notes: _Notes
+) -> list[StructureSet]:
     """Read every RTSTRUCT and SEG file onto the CT grid, the preferred kind first; a broken file becomes a warning."""
     sets = []
     for file in sorted(files, key=lambda f: (f.modality != prefer, f.path)):
@@ -137,7 +141,9 @@ def _convert(patient: Patient, folder: Path, names: RoiNames, prefer: str, overw
     masks, provenance = merge(sets)
     if not masks:
         unmapped = f"; unmapped ROI names: {', '.join(sorted(set(notes.unmapped)))}" if notes.unmapped else ""
-        raise Exclusion(f"no usable structure in the RTSTRUCT/SEG: {'; '.join(notes.warnings) or 'none found'}{unmapped}")
+        raise Exclusion(
+            f"no usable structure in the RTSTRUCT/SEG: {'; '.join(notes.warnings) or 'none found'}{unmapped}"
+        )
     try:
         hu = read_hu(slices)
     except SeriesError as error:
@@ -155,7 +161,9 @@ def _convert(patient: Patient, folder: Path, names: RoiNames, prefer: str, overw
     return record
 
 
-def convert_patient(item: tuple[Patient, str | None], dst: Path, names: RoiNames, prefer: str, overwrite: bool) -> Outcome:
+def convert_patient(
+    item: tuple[Patient, str | None], dst: Path, names: RoiNames, prefer: str, overwrite: bool
+) -> Outcome:
     """Convert one (patient, case folder name) pair, or say why not; never raises, so one patient never stops the batch."""
     patient, case = item
     notes = _Notes(warnings=list(patient.warnings))
@@ -255,7 +263,11 @@ def ingest(
     paths = [p for p in list_files(source) if root not in p.parents]
     chunks = [paths[i : i + CHUNK] for i in range(0, len(paths), CHUNK)]
     with _mapper(workers) as mapper:
-        headers = [h for chunk in tqdm(mapper(read_headers, chunks), total=len(chunks), desc="headers", unit="chunk") for h in chunk]
+        headers = [
+            h
+            for chunk in tqdm(mapper(read_headers, chunks), total=len(chunks), desc="headers", unit="chunk")
+            for h in chunk
+        ]
         index = group(source, paths, headers)
         folders = case_names(list(index.patients))
         convert = partial(convert_patient, dst=root, names=names, prefer=preferred, overwrite=overwrite)

@@ -7,10 +7,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from scripts.bundle_config import BUNDLE_DIR
 from scripts.data.labels import LABELS
 
 #: The bundle's name patterns (configs/roi_names.json).
-DEFAULT_ROI_NAMES = Path(__file__).resolve().parents[1] / "configs" / "roi_names.json"
+DEFAULT_ROI_NAMES = BUNDLE_DIR / "configs" / "roi_names.json"
 
 
 def normalise_roi_name(name: str) -> str:
@@ -28,14 +29,18 @@ def read_patterns(path: str | Path) -> list[tuple[re.Pattern, str]]:
     rules = []
     for structure, expressions in patterns.items():
         if structure not in LABELS or structure == "background":
-            raise ValueError(f"{path}: unknown structure '{structure}'; use one of {[s for s in LABELS if s != 'background']}")
+            raise ValueError(
+                f"{path}: unknown structure '{structure}'; use one of {[s for s in LABELS if s != 'background']}"
+            )
         if not isinstance(expressions, list):
             raise ValueError(f"{path}: patterns of '{structure}' must be a list of regular expressions")
         for expression in expressions:
             try:
                 rules.append((re.compile(expression), structure))
             except (re.error, TypeError) as error:
-                raise ValueError(f"{path}: pattern {expression!r} of '{structure}' is not a regular expression: {error}") from error
+                raise ValueError(
+                    f"{path}: pattern {expression!r} of '{structure}' is not a regular expression: {error}"
+                ) from error
     return rules
 
 

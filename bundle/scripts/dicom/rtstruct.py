@@ -29,7 +29,9 @@ def _slice_of(points: np.ndarray, voxels: np.ndarray, grid: Grid) -> int:
     off = float(np.abs(voxels[:, 2] - k).max())
     if off > SLICE_TOLERANCE or not 0 <= k < grid.shape[2]:
         centre = ", ".join(f"{v:.1f}" for v in points.mean(axis=0))
-        raise RoiError(f"a contour around ({centre}) mm LPS lies on no CT slice (nearest slice {k}, {off:.2f} slices off)")
+        raise RoiError(
+            f"a contour around ({centre}) mm LPS lies on no CT slice (nearest slice {k}, {off:.2f} slices off)"
+        )
     return k
 
 
@@ -94,7 +96,9 @@ def read_rtstruct(path: str, grid: Grid, names: RoiNames) -> StructureSet:
     """Rasterise the ROIs of the RTSTRUCT at `path` whose names map to a structure; list the others as unmapped."""
     dataset = pydicom.dcmread(path, force=True)
     result = StructureSet("RTSTRUCT", path)
-    contours = {int(item.ReferencedROINumber): item.get("ContourSequence", []) for item in dataset.get("ROIContourSequence", [])}
+    contours = {
+        int(item.ReferencedROINumber): item.get("ContourSequence", []) for item in dataset.get("ROIContourSequence", [])
+    }
     frames = [item.get("FrameOfReferenceUID", "") for item in dataset.get("ReferencedFrameOfReferenceSequence", [])]
     if not dataset.get("StructureSetROISequence"):
         result.problems.append(f"{path}: holds no ROI")

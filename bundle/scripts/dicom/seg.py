@@ -35,7 +35,9 @@ def _functional(frame: Dataset, shared: Dataset, sequence: str) -> Dataset:
     return group[0]
 
 
-def _nearest_pixels(matrix: np.ndarray, shift: np.ndarray, frame_shape: tuple[int, int], shape) -> tuple[np.ndarray, np.ndarray]:
+def _nearest_pixels(
+    matrix: np.ndarray, shift: np.ndarray, frame_shape: tuple[int, int], shape
+) -> tuple[np.ndarray, np.ndarray]:
     """For each CT voxel (i, j) of a slice: the flat index of the nearest frame pixel, and whether it lies in the frame."""
     i, j = np.arange(shape[0])[:, None], np.arange(shape[1])[None, :]
     rows = np.rint(matrix[0, 0] * i + matrix[0, 1] * j + shift[0]).astype(np.int64)
@@ -65,7 +67,10 @@ def _mapped_segments(dataset: Dataset, names: RoiNames) -> tuple[dict[int, tuple
     """Segment number to (label, structure) for the labels a pattern maps, and the labels none maps."""
     mapped, unmapped = {}, []
     for segment in dataset.get("SegmentSequence", []):
-        label = str(segment.get("SegmentLabel", "") or segment.get("SegmentDescription", "")) or f"segment {segment.SegmentNumber}"
+        label = (
+            str(segment.get("SegmentLabel", "") or segment.get("SegmentDescription", ""))
+            or f"segment {segment.SegmentNumber}"
+        )
         structure = names.structure(label)
         if structure is None:
             unmapped.append(label)
@@ -120,7 +125,9 @@ def read_seg(path: str, grid: Grid, names: RoiNames) -> StructureSet:
     masks, errors = _segment_masks(dataset, grid, set(segments))
     for number, (label, structure) in segments.items():
         if number in errors or not masks[number].any():
-            result.problems.append(f"segment '{label}' in {path}: {errors.get(number, 'empty: no voxel on the CT grid')}")
+            result.problems.append(
+                f"segment '{label}' in {path}: {errors.get(number, 'empty: no voxel on the CT grid')}"
+            )
         else:
             result.rois.append(Roi(label, structure, masks[number]))
     return result

@@ -70,7 +70,9 @@ def _spacing_problem(along: np.ndarray, files: Sequence[DicomFile]) -> str | Non
             f"missing slice(s): a gap of {gaps[i]:.2f} mm (spacing {step:.2f} mm, so {missing} slice(s) missing) "
             f"between {files[i].path} and {files[i + 1].path}"
         )
-    return f"uneven slice spacing: gaps from {gaps.min():.3f} to {gaps.max():.3f} mm (first odd gap after {files[i].path})"
+    return (
+        f"uneven slice spacing: gaps from {gaps.min():.3f} to {gaps.max():.3f} mm (first odd gap after {files[i].path})"
+    )
 
 
 def check_series(series: Series) -> tuple[Grid, list[DicomFile]]:
@@ -116,7 +118,9 @@ def read_hu(files: Sequence[DicomFile]) -> np.ndarray:
         except Exception as error:  # truncated files and unsupported compression raise various types
             raise SeriesError(f"{file.path}: pixel data unreadable ({type(error).__name__}: {error})") from error
         if pixels.shape != (file.rows, file.columns):
-            raise SeriesError(f"{file.path}: pixel data of shape {pixels.shape}, expected ({file.rows}, {file.columns})")
+            raise SeriesError(
+                f"{file.path}: pixel data of shape {pixels.shape}, expected ({file.rows}, {file.columns})"
+            )
         slope, intercept = float(dataset.get("RescaleSlope", 1) or 1), float(dataset.get("RescaleIntercept", 0) or 0)
         hu = pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)  # exact for CT's integer range
         volume[:, :, k] = np.clip(np.rint(hu), limits.min, limits.max).T

@@ -30,7 +30,11 @@ STUDY_REFERENCE_CLASS = "1.2.840.10008.3.1.2.3.1"
 #: Unsigned CT pixels: HU = pixel + this intercept.
 RESCALE_INTERCEPT = -1024
 
-_ALTERED = {"CodeValue": "49755003", "CodingSchemeDesignator": "SCT", "CodeMeaning": "Morphologically Altered Structure"}
+_ALTERED = {
+    "CodeValue": "49755003",
+    "CodingSchemeDesignator": "SCT",
+    "CodeMeaning": "Morphologically Altered Structure",
+}
 _ANATOMY = {"CodeValue": "123037004", "CodingSchemeDesignator": "SCT", "CodeMeaning": "Anatomical Structure"}
 #: Per structure: RTSTRUCT interpreted type, SEG property category and SNOMED CT property type (code, meaning).
 CODING = {
@@ -94,7 +98,9 @@ def ct_slices(hu: np.ndarray, affine_lps: np.ndarray, uid: Uid, common: Dataset,
     stored = hu.astype(np.int32) - intercept
     limits = np.iinfo(np.int16 if signed else np.uint16)
     if stored.min() < limits.min or stored.max() > limits.max:
-        raise ValueError(f"HU from {hu.min()} to {hu.max()} do not fit {limits.dtype} pixels with intercept {intercept}")
+        raise ValueError(
+            f"HU from {hu.min()} to {hu.max()} do not fit {limits.dtype} pixels with intercept {intercept}"
+        )
     spacing = np.linalg.norm(affine_lps[:3, :3], axis=0)
     orientation = np.concatenate([affine_lps[:3, 0] / spacing[0], affine_lps[:3, 1] / spacing[1]])
     slices = []
@@ -171,14 +177,20 @@ def rtstruct_dataset(
 ) -> Dataset:
     """An RTSTRUCT named `label` holding each ROI's contours, traced on the CT `slices` (in voxel slice order)."""
     dataset = _new_dataset(RT_STRUCTURE_SET_STORAGE, uid("rtstruct", 0), common)
-    dataset.update({"Modality": "RTSTRUCT", "SeriesInstanceUID": uid("rtstruct"), "SeriesNumber": 2, "InstanceNumber": 1})
-    dataset.update({"StructureSetLabel": label, "StructureSetDate": common.StudyDate, "StructureSetTime": common.StudyTime})
+    dataset.update(
+        {"Modality": "RTSTRUCT", "SeriesInstanceUID": uid("rtstruct"), "SeriesNumber": 2, "InstanceNumber": 1}
+    )
+    dataset.update(
+        {"StructureSetLabel": label, "StructureSetDate": common.StudyDate, "StructureSetTime": common.StudyTime}
+    )
     images = [_reference(CT_IMAGE_STORAGE, s.SOPInstanceUID) for s in slices]
     dataset.ReferencedFrameOfReferenceSequence = [_frame_reference(slices, images)]
     dataset.StructureSetROISequence, dataset.ROIContourSequence, dataset.RTROIObservationsSequence = [], [], []
     for number, (name, structure, mask) in enumerate(rois, start=1):
         roi, observation = Dataset(), Dataset()
-        roi.update({"ROINumber": number, "ReferencedFrameOfReferenceUID": slices[0].FrameOfReferenceUID, "ROIName": name})
+        roi.update(
+            {"ROINumber": number, "ReferencedFrameOfReferenceUID": slices[0].FrameOfReferenceUID, "ROIName": name}
+        )
         roi.ROIGenerationAlgorithm = "AUTOMATIC"
         observation.update({"ObservationNumber": number, "ReferencedROINumber": number, "ROIInterpreter": ""})
         observation.RTROIInterpretedType = CODING[structure][0]
@@ -203,7 +215,11 @@ def seg_dataset(rois: Rois, slices: list[Dataset], affine_lps: np.ndarray, uid: 
                 "SegmentAlgorithmType": "AUTOMATIC",
                 "SegmentAlgorithmName": algorithm,
                 "SegmentedPropertyCategoryCodeSequence": CODING[structure][1],
-                "SegmentedPropertyTypeCodeSequence": {"CodeValue": code, "CodingSchemeDesignator": "SCT", "CodeMeaning": meaning},
+                "SegmentedPropertyTypeCodeSequence": {
+                    "CodeValue": code,
+                    "CodingSchemeDesignator": "SCT",
+                    "CodeMeaning": meaning,
+                },
             }
         )
     template = pydicom_seg.template.from_dcmqi_metainfo(
@@ -223,7 +239,9 @@ def seg_dataset(rois: Rois, slices: list[Dataset], affine_lps: np.ndarray, uid: 
     return dataset
 
 
-def study_attributes(patient_id: str, patient_name: str, study_uid: str, manufacturer: str, date: str, time: str) -> Dataset:
+def study_attributes(
+    patient_id: str, patient_name: str, study_uid: str, manufacturer: str, date: str, time: str
+) -> Dataset:
     """Patient and study attributes shared by a case's CT, RTSTRUCT and SEG."""
     common = Dataset()
     common.update(

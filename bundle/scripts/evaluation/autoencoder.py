@@ -30,7 +30,13 @@ from scripts.training.losses import kl_divergence
 logger = logging.getLogger(__name__)
 
 #: Columns of the metric tables, with the thesis' names.
-METRICS = {"mse_hu2": "MSE (HU^2)", "perceptual": "Perceptual loss", "kl": "KL divergence", "psnr_db": "PSNR (dB)", "ssim": "SSIM"}
+METRICS = {
+    "mse_hu2": "MSE (HU^2)",
+    "perceptual": "Perceptual loss",
+    "kl": "KL divergence",
+    "psnr_db": "PSNR (dB)",
+    "ssim": "SSIM",
+}
 
 
 def model_grid(autoencoder_path: str | Path) -> int:
@@ -116,17 +122,26 @@ def latent_figure(results: Sequence[CaseResult], n_clusters: int, seed: int, pat
     clusters = kmeans_clusters(np.stack([r.image for r in results]), n_clusters, seed)
     points = tsne_2d(np.stack([r.latent for r in results]), seed)
     colours = [f"cluster {c}" for c in clusters]
-    return scatter(points, colours, [r.split for r in results], path, "Latent space (t-SNE), KMeans++ clusters of the images")
+    return scatter(
+        points, colours, [r.split for r in results], path, "Latent space (t-SNE), KMeans++ clusters of the images"
+    )
 
 
 @torch.no_grad()
-def interpolation_figure(reconstructor: Reconstructor, first: Mapping, second: Mapping, steps: int, spacing, path: Path) -> Path:
+def interpolation_figure(
+    reconstructor: Reconstructor, first: Mapping, second: Mapping, steps: int, spacing, path: Path
+) -> Path:
     """Decoded linear interpolations between two cases' latents (figure 6.7)."""
     if steps < 2:
         raise ValueError(f"interpolation_steps must be at least 2, got {steps}")
-    z = [reconstructor.reconstruct(torch.as_tensor(item["image"], dtype=torch.float32)[None])[1] for item in (first, second)]
+    z = [
+        reconstructor.reconstruct(torch.as_tensor(item["image"], dtype=torch.float32)[None])[1]
+        for item in (first, second)
+    ]
     alphas = np.linspace(0.0, 1.0, steps)
-    volumes = [reconstructor.hu(reconstructor.autoencoder.decode((1 - a) * z[0] + a * z[1]))[0, 0].numpy() for a in alphas]
+    volumes = [
+        reconstructor.hu(reconstructor.autoencoder.decode((1 - a) * z[0] + a * z[1]))[0, 0].numpy() for a in alphas
+    ]
     labels = [f"{a:.2f}" for a in alphas]
     labels[0], labels[-1] = case_name(first), case_name(second)
     return save_strip(volumes, labels, spacing, path, "Latent interpolation")
@@ -141,7 +156,9 @@ def reconstruction_figures(
         for i in range(min(num_figures, len(dataset))):
             item = dataset[i]
             image = torch.as_tensor(item["image"], dtype=torch.float32)[None]
-            hu, hu_reconstruction = (reconstructor.hu(x)[0, 0].numpy() for x in (image, reconstructor.reconstruct(image)[0]))
+            hu, hu_reconstruction = (
+                reconstructor.hu(x)[0, 0].numpy() for x in (image, reconstructor.reconstruct(image)[0])
+            )
             name, case = f"reconstruction_{split}_{i}.png", case_name(item)
             save_reconstruction(hu, hu_reconstruction, spacing, out / name, f"{split}: {case}")
             figures.append((f"{split} case {case}: CT, reconstruction, absolute error", name))
@@ -177,8 +194,15 @@ def evaluate_autoencoder(
     write_json({"autoencoder": model_path, "metrics": summary, "perceptual": perceptual_note}, out / "metrics.json")
 
     sections = [
-        Section("Reconstruction metrics", f"Autoencoder: `{model_path}`. Means over cases; per case in `cases.csv`. {perceptual_note}\n", table),
-        Section("Reconstructions and absolute errors", figures=reconstruction_figures(reconstructor, datasets, num_figures, spacing, out)),
+        Section(
+            "Reconstruction metrics",
+            f"Autoencoder: `{model_path}`. Means over cases; per case in `cases.csv`. {perceptual_note}\n",
+            table,
+        ),
+        Section(
+            "Reconstructions and absolute errors",
+            figures=reconstruction_figures(reconstructor, datasets, num_figures, spacing, out),
+        ),
     ]
     if len(results) >= 3:
         latent_figure(results, num_clusters, seed, out / "latent_tsne.png")
@@ -188,7 +212,9 @@ def evaluate_autoencoder(
     if len(results) >= 2:
         first, second = filled[0][0], filled[-1][len(filled[-1]) - 1]
         interpolation_figure(reconstructor, first, second, interpolation_steps, spacing, out / "interpolation.png")
-        sections.append(Section("Latent interpolation", figures=[("Decoded interpolation between two cases", "interpolation.png")]))
+        sections.append(
+            Section("Latent interpolation", figures=[("Decoded interpolation between two cases", "interpolation.png")])
+        )
     report = write_report(out, "Autoencoder evaluation", sections)
     logger.info("autoencoder evaluation written to %s", report)
     return report

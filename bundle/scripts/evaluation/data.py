@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import nibabel as nib
 import torch
@@ -25,7 +26,12 @@ def reference_items(reference_dir: str | Path) -> list[dict]:
     if (folder / DATALIST).is_file():
         splits = json.loads((folder / DATALIST).read_text())
         # MONAI's loader fails on an empty split (a datalist written with no test share has "test": []).
-        items = [item for split in SPLITS if splits.get(split) for item in load_decathlon_datalist(str(folder / DATALIST), True, split)]
+        items = [
+            item
+            for split in SPLITS
+            if splits.get(split)
+            for item in load_decathlon_datalist(str(folder / DATALIST), True, split)
+        ]
     else:
         items = [{"image": str(p), "case": p.name.removesuffix(".nii.gz")} for p in sorted(folder.glob("*.nii.gz"))]
     if not items:
@@ -48,19 +54,28 @@ def case_name(item: dict) -> str:
     return Path(str(case)).name if case else Path(str(item["image"].meta.get("filename_or_obj", "?"))).name
 
 
-def stack_images(dataset: Iterable[dict], expected: Sequence[int], what: str) -> tuple[torch.Tensor, list[str]]:
+class StackedImages(NamedTuple):
+    """Volumes as one batch (N, 1, X, Y, Z) and their names, in the same order."""
+
+    images: torch.Tensor
+    names: list[str]
+
+
+def stack_images(dataset: Iterable[dict], expected: Sequence[int], what: str) -> StackedImages:
     """The `image` of every item as one batch (N, 1, X, Y, Z), and the items' names; an error naming a file of another shape."""
     images, names = [], []
     for item in dataset:
         image = item["image"]
         name = case_name(item)
         if tuple(image.shape[1:]) != tuple(expected):
-            raise ValueError(f"{what} {name} has shape {tuple(image.shape[1:])} after loading, expected {tuple(expected)}")
+            raise ValueError(
+                f"{what} {name} has shape {tuple(image.shape[1:])} after loading, expected {tuple(expected)}"
+            )
         images.append(convert_to_tensor(image, dtype=torch.float32, track_meta=False))
         names.append(name)
     if not images:
         raise ValueError(f"no {what} volumes")
-    return torch.stack(images), names
+    return StackedImages(torch.stack(images), names)
 
 
 def sample_items(samples_dir: str | Path) -> list[dict]:

@@ -14,7 +14,7 @@ from scripts.evaluation.features import AXES
 def fid_2p5d(synthetic: Sequence[dict[str, torch.Tensor]], real: Sequence[dict[str, torch.Tensor]]) -> dict[str, float]:
     """FID between the slice features of two sets of volumes, per axis (`fid_<axis>`) and averaged over axes (`fid_2p5d`).
 
-    Each element of `synthetic` and `real` holds one volume's features per axis, as `scripts.slice_features` gives them.
+    Each element of `synthetic` and `real` holds one volume's features per axis, as `scripts.evaluation.features` gives them.
     """
     if not synthetic or not real:
         raise ValueError(f"FID needs volumes on both sides, got {len(synthetic)} synthetic and {len(real)} real")

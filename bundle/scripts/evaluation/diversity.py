@@ -27,6 +27,13 @@ def diversity(
         raise ValueError(f"diversity needs at least two volumes, got {len(images)}")
     pairs = volume_pairs(len(images), max_pairs, seed)
     scores = np.array(
-        [[float(metric(images[i : i + 1].float(), images[j : j + 1].float())) for metric in (ssim, ms_ssim)] for i, j in pairs]
+        [
+            [float(metric(images[i : i + 1].float(), images[j : j + 1].float())) for metric in (ssim, ms_ssim)]
+            for i, j in pairs
+        ]
     )
-    return {"ssim_diversity": float(scores[:, 0].mean()), "ms_ssim_diversity": float(scores[:, 1].mean()), "diversity_pairs": len(pairs)}
+    return {
+        "ssim_diversity": float(scores[:, 0].mean()),
+        "ms_ssim_diversity": float(scores[:, 1].mean()),
+        "diversity_pairs": len(pairs),
+    }

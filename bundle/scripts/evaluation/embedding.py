@@ -22,7 +22,9 @@ def tsne_2d(vectors: np.ndarray, seed: int = 0) -> np.ndarray:
     if n < 3:
         raise ValueError(f"t-SNE needs at least three volumes, got {n}")
     perplexity = float(min(30.0, max(1.0, (n - 1) / 3.0)))
-    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(vectors.astype(np.float32))
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(
+        vectors.astype(np.float32)
+    )
 
 
 def kmeans_clusters(vectors: np.ndarray, n_clusters: int = 5, seed: int = 0) -> np.ndarray:
@@ -40,7 +42,13 @@ def scatter(points: np.ndarray, colours: Sequence[str], markers: Sequence[str], 
         for mi, m in enumerate(marker_names):
             chosen = [i for i in range(len(points)) if colours[i] == c and markers[i] == m]
             if chosen:
-                ax.scatter(*points[chosen].T, color=cmap(ci % 10), marker=MARKERS[mi % len(MARKERS)], label=c if c == m else f"{c}, {m}", s=40)
+                ax.scatter(
+                    *points[chosen].T,
+                    color=cmap(ci % 10),
+                    marker=MARKERS[mi % len(MARKERS)],
+                    label=c if c == m else f"{c}, {m}",
+                    s=40,
+                )
     ax.legend(fontsize=8, loc="best")
     ax.set_title(title)
     ax.set_xlabel("t-SNE 1")

@@ -58,7 +58,13 @@ class RadImageNetSliceFeatures:
     The weights file is a torchvision ResNet-50 state dict (optionally under `state_dict_key`).
     """
 
-    def __init__(self, weights_path: str, device: torch.device | str = "cpu", batch_size: int = 64, state_dict_key: str | None = None) -> None:
+    def __init__(
+        self,
+        weights_path: str,
+        device: torch.device | str = "cpu",
+        batch_size: int = 64,
+        state_dict_key: str | None = None,
+    ) -> None:
         path = Path(weights_path)
         if not path.is_file():
             raise FileNotFoundError(f"feature_weights_path: no file at {path}")

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from monai.metrics import MultiScaleSSIMMetric, SSIMMetric
 
+from scripts.evaluation.data import StackedImages
 from scripts.evaluation.distances import fid_2p5d, mmd
 from scripts.evaluation.diversity import diversity
 from scripts.evaluation.embedding import scatter, tsne_2d
@@ -24,7 +25,16 @@ from scripts.evaluation.report import Section, markdown_table, write_json, write
 logger = logging.getLogger(__name__)
 
 #: Metrics of one row of the table, in order.
-COLUMNS = ("fid_2p5d", "fid_sagittal", "fid_coronal", "fid_axial", "ssim_diversity", "ms_ssim_diversity", "diversity_pairs", "mmd")
+COLUMNS = (
+    "fid_2p5d",
+    "fid_sagittal",
+    "fid_coronal",
+    "fid_axial",
+    "ssim_diversity",
+    "ms_ssim_diversity",
+    "diversity_pairs",
+    "mmd",
+)
 
 
 def volume_features(feature_network: SliceFeatures, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
@@ -59,23 +69,30 @@ def halves(n: int, seed: int) -> tuple[list[int], list[int]]:
     return sorted(order[: n // 2]), sorted(order[n // 2 :])
 
 
-def tsne_figure(real_features: Sequence[dict], synthetic_features: Sequence[dict], accepted: Sequence[bool], seed: int, path: Path) -> Path:
+def tsne_figure(
+    real_features: Sequence[dict], synthetic_features: Sequence[dict], accepted: Sequence[bool], seed: int, path: Path
+) -> Path:
     """t-SNE of per-volume feature vectors (all slices of all axes), real versus synthetic (figure 6.12)."""
-    vectors = np.stack([torch.cat([v.flatten() for v in f.values()]).numpy() for f in [*real_features, *synthetic_features]])
+    vectors = np.stack(
+        [torch.cat([v.flatten() for v in f.values()]).numpy() for f in [*real_features, *synthetic_features]]
+    )
     groups = ["real"] * len(real_features) + ["synthetic, accepted" if a else "synthetic, rejected" for a in accepted]
     return scatter(tsne_2d(vectors, seed), groups, groups, path, "Real versus synthetic CTs (t-SNE of 2.5D features)")
 
 
 def ms_ssim_settings(ms_ssim: MultiScaleSSIMMetric) -> dict:
     """The MS-SSIM settings, for the report (MONAI's defaults need sides above 160 voxels)."""
-    return {"kernel_size": list(ms_ssim.kernel_size), "kernel_sigma": list(ms_ssim.kernel_sigma), "weights": list(ms_ssim.weights)}
+    return {
+        "kernel_size": list(ms_ssim.kernel_size),
+        "kernel_sigma": list(ms_ssim.kernel_sigma),
+        "weights": list(ms_ssim.weights),
+    }
 
 
 def evaluate_generation(
     feature_network: SliceFeatures,
-    samples: torch.Tensor,
-    sample_names: Sequence[str],
-    reference: torch.Tensor,
+    samples: StackedImages,
+    reference: StackedImages,
     quality: Mapping[str, Mapping],
     output_dir: str,
     ssim: SSIMMetric,
@@ -87,13 +104,16 @@ def evaluate_generation(
 
     Args:
         feature_network: slice features (scripts.slice_features), named by its `name`.
-        samples, reference: synthetic and preprocessed real volumes in [-1, 1], (N, 1, X, Y, Z) on one grid.
-        sample_names: file names of the samples, the keys of `quality`.
+        samples, reference: synthetic and preprocessed real volumes in [-1, 1], (N, 1, X, Y, Z) on one grid,
+            with their names (the samples' file names are the keys of `quality`).
         quality: the quality filter's judgement of each sample (scripts.evaluation.quality.judge_files).
         ssim, ms_ssim: the diversity metrics with their settings.
     """
+    (samples, sample_names), reference = samples, reference.images
     if len(reference) < 4:
-        raise ValueError(f"the reference set needs at least four CTs (two per half of the baseline), got {len(reference)}")
+        raise ValueError(
+            f"the reference set needs at least four CTs (two per half of the baseline), got {len(reference)}"
+        )
     missing = sorted(set(sample_names) - set(quality))
     if missing:
         raise ValueError(f"the quality judgement lacks samples {missing}")
@@ -110,7 +130,9 @@ def evaluate_generation(
         "real vs real": set_metrics(reference[a], [real[i] for i in a], reference[b], [real[i] for i in b], *args),
     }
     table = write_table([{"set": name, **row} for name, row in rows.items()], out, "metrics")
-    quality_rows = [{"file": n, "accept": quality[n]["accept"], "reasons": "; ".join(quality[n]["reasons"])} for n in sample_names]
+    quality_rows = [
+        {"file": n, "accept": quality[n]["accept"], "reasons": "; ".join(quality[n]["reasons"])} for n in sample_names
+    ]
     write_table(quality_rows, out, "quality")
     write_json(dict(quality), out / "quality.json")
     settings = {"ms_ssim": ms_ssim_settings(ms_ssim), "max_diversity_pairs": max_diversity_pairs, "seed": seed}

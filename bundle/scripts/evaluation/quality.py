@@ -3,7 +3,7 @@
 The thesis removed bad samples by looking at 500 volumes by hand; the failures it shows are pure
 noise, air only (at most a table), a body without lungs, a body broken between slices, and lungs
 in the wrong place. Each is caught here by a measurable property of the HU volume: the body mask
-of `scripts.body_mask` and the lungs of `scripts.transforms.alignment.lungs_from_hu` (the same masks the
+of `scripts.transforms.body_mask` and the lungs of `scripts.transforms.alignment.lungs_from_hu` (the same masks the
 preprocessing uses), their volumes, connected parts and positions, the voxel-scale roughness of
 the HU values, and how the body changes from one axial slice to the next.
 """
@@ -135,7 +135,9 @@ def load_config(config: str | Path | None = None) -> dict:
     for name, rule in loaded["rules"].items():
         limits = [k for k in ("min", "max") if k in rule]
         if not limits or any(f"why_{k}" not in rule for k in limits):
-            raise ValueError(f"quality filter config {path}: rule {name!r} needs a min or max, each with its why_min or why_max")
+            raise ValueError(
+                f"quality filter config {path}: rule {name!r} needs a min or max, each with its why_min or why_max"
+            )
     return loaded
 
 

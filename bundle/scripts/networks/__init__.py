@@ -1,11 +1,12 @@
 """Networks: self-describing checkpoints, loading and building them, ControlNet wiring, noise schedules, torch.export."""
 
 from scripts.networks.checkpoint import Record
-from scripts.networks.controlnet import ControlledUNet, controlnet_from_unet, controlnet_kwargs
+from scripts.networks.controlnet import ControlledUNet, controlnet_from_unet, controlnet_kwargs, latent_downsampling
 from scripts.networks.loading import (
     AUTOENCODER_FILE,
     CONTROLNET_FILE,
     DIFFUSION_FILE,
+    TUMOR_MODEL_FILES,
     default_model_dir,
     load_autoencoder,
     load_controlnet,
@@ -18,12 +19,14 @@ __all__ = [
     "AUTOENCODER_FILE",
     "CONTROLNET_FILE",
     "DIFFUSION_FILE",
+    "TUMOR_MODEL_FILES",
     "ControlledUNet",
     "Record",
     "controlnet_from_unet",
     "controlnet_kwargs",
     "controlnet_scheduler",
     "default_model_dir",
+    "latent_downsampling",
     "load_autoencoder",
     "load_controlnet",
     "load_diffusion",

@@ -61,5 +61,3 @@ def load_checkpoint(path: str | Path, keys: tuple[str, ...] = ()) -> dict[str, A
     if missing:
         raise ValueError(f"checkpoint {path} lacks {missing}; it holds {sorted(checkpoint)}")
     return {k: upgrade_record(v) if k.endswith("_record") else v for k, v in checkpoint.items()}
-
-

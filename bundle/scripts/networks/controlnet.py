@@ -20,7 +20,15 @@ from scripts.transforms.conditioning import CONDITION_CHANNELS
 
 def controlnet_kwargs(unet_kwargs: Mapping[str, Any], embedding_channels: Sequence[int]) -> dict[str, Any]:
     """ControlNet arguments mirroring the U-Net's, with a conditioning embedding for the mask channels."""
-    shared = ("spatial_dims", "in_channels", "channels", "num_res_blocks", "norm_num_groups", "attention_levels", "num_head_channels")
+    shared = (
+        "spatial_dims",
+        "in_channels",
+        "channels",
+        "num_res_blocks",
+        "norm_num_groups",
+        "attention_levels",
+        "num_head_channels",
+    )
     kwargs = {k: unet_kwargs[k] for k in shared if k in unet_kwargs}
     kwargs.update(
         conditioning_embedding_in_channels=len(CONDITION_CHANNELS),
@@ -49,9 +57,16 @@ def controlnet_from_unet(
     else:
         checkpoint = load_checkpoint(init_path, ("controlnet", "controlnet_record"))
         if checkpoint["controlnet_record"]["network"] != dict(kwargs):
-            raise ValueError(f"controlnet_init_path {init_path} holds another ControlNet architecture than this configuration builds")
+            raise ValueError(
+                f"controlnet_init_path {init_path} holds another ControlNet architecture than this configuration builds"
+            )
         controlnet.load_state_dict(checkpoint["controlnet"])
     return controlnet.to(next(unet.parameters()).device)
+
+
+def latent_downsampling(diffusion_record: Mapping[str, Any]) -> int:
+    """How many times smaller per side the latents are than the image, from a diffusion record."""
+    return int(diffusion_record["image_size"][0]) // int(diffusion_record["latent_shape"][1])
 
 
 class ControlledUNet(torch.nn.Module):
@@ -69,6 +84,6 @@ class ControlledUNet(torch.nn.Module):
         down, mid = self.controlnet(
             x=x, timesteps=timesteps, controlnet_cond=context.to(x.dtype), conditioning_scale=self.conditioning_scale
         )
-        return self.unet(x=x, timesteps=timesteps, down_block_additional_residuals=down, mid_block_additional_residual=mid)
-
-
+        return self.unet(
+            x=x, timesteps=timesteps, down_block_additional_residuals=down, mid_block_additional_residual=mid
+        )

@@ -1,4 +1,4 @@
-"""Rebuild trained networks from their self-describing weight files (see `scripts.checkpoint`).
+"""Rebuild trained networks from their self-describing weight files (see `scripts.networks.checkpoint`).
 
 Loaded networks compute attention with torch's `scaled_dot_product_attention` (memory-efficient
 kernels), whatever kernel they were trained with: the weights are the same and the results equal up
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from monai.networks.nets import AutoencoderKL, ControlNet, DiffusionModelUNet
@@ -21,8 +22,18 @@ logger = logging.getLogger(__name__)
 #: Names of the weight files a model folder holds.
 AUTOENCODER_FILE, DIFFUSION_FILE, CONTROLNET_FILE = "autoencoder.pt", "diffusion.pt", "controlnet.pt"
 
+#: The weight files tumor-conditioned sampling needs.
+TUMOR_MODEL_FILES = (AUTOENCODER_FILE, DIFFUSION_FILE, CONTROLNET_FILE)
+
 #: Constructor options of every loaded network: the memory-efficient attention kernel.
 INFERENCE_OPTIONS = {"use_flash_attention": True}
+
+
+class LoadedNetwork(NamedTuple):
+    """A network rebuilt from its weight file, with the record that describes it."""
+
+    network: torch.nn.Module
+    record: dict
 
 
 def _frozen(network: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
@@ -40,7 +51,9 @@ def load_autoencoder(path: str | Path, device: torch.device | str = "cpu") -> Au
     return _frozen(network, device)
 
 
-def trainable_autoencoder(kwargs: dict, init_path: str | Path | None = None, train_encoder: bool = True) -> AutoencoderKL:
+def trainable_autoencoder(
+    kwargs: dict, init_path: str | Path | None = None, train_encoder: bool = True, device: torch.device | str = "cpu"
+) -> AutoencoderKL:
     """A new AutoencoderKL from `kwargs`, started from the weights at `init_path` when one is given.
 
     `train_encoder=False` freezes the encoder so only the decoder learns: the latents, and the
@@ -52,31 +65,35 @@ def trainable_autoencoder(kwargs: dict, init_path: str | Path | None = None, tra
         try:
             network.load_state_dict(weights)
         except RuntimeError as e:
-            raise ValueError(f"autoencoder_init_path {init_path}: its weights do not fit autoencoder_kwargs {kwargs}: {e}") from e
+            raise ValueError(
+                f"autoencoder_init_path {init_path}: its weights do not fit autoencoder_kwargs {kwargs}: {e}"
+            ) from e
     if not train_encoder:
         if not init_path:
-            raise ValueError("train_encoder=false freezes a random encoder: set autoencoder_init_path to trained weights")
+            raise ValueError(
+                "train_encoder=false freezes a random encoder: set autoencoder_init_path to trained weights"
+            )
         for module in (network.encoder, network.quant_conv_mu, network.quant_conv_log_sigma):
             module.requires_grad_(False)
-    return network
+    return network.to(device)
 
 
-def load_diffusion(path: str | Path, device: torch.device | str = "cpu") -> tuple[DiffusionModelUNet, dict]:
+def load_diffusion(path: str | Path, device: torch.device | str = "cpu") -> LoadedNetwork:
     """The diffusion U-Net stored at `path`, frozen, and its record (scale factor, latent shape, schedule, grid)."""
     checkpoint = load_checkpoint(path, ("diffusion", "diffusion_record"))
     record = checkpoint["diffusion_record"]
     network = DiffusionModelUNet(**{**record["network"], **INFERENCE_OPTIONS})
     network.load_state_dict(checkpoint["diffusion"])
-    return _frozen(network, device), record
+    return LoadedNetwork(_frozen(network, device), record)
 
 
-def load_controlnet(path: str | Path, device: torch.device | str = "cpu") -> tuple[ControlNet, dict]:
+def load_controlnet(path: str | Path, device: torch.device | str = "cpu") -> LoadedNetwork:
     """The tumor ControlNet stored at `path`, frozen, and its record (conditioning channels, training settings)."""
     checkpoint = load_checkpoint(path, ("controlnet", "controlnet_record"))
     record = checkpoint["controlnet_record"]
     network = ControlNet(**{**record["network"], **INFERENCE_OPTIONS})
     network.load_state_dict(checkpoint["controlnet"])
-    return _frozen(network, device), record
+    return LoadedNetwork(_frozen(network, device), record)
 
 
 def default_model_dir(bundle_root: str | Path, files: tuple[str, ...] = (AUTOENCODER_FILE, DIFFUSION_FILE)) -> Path:

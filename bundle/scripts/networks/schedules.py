@@ -32,14 +32,18 @@ def training_scheduler(schedule_type: str, noise_schedule: Mapping[str, Any]) ->
     try:
         return TRAINING_SCHEDULERS[schedule_type](**noise_schedule)
     except TypeError as e:
-        raise ValueError(f"noise_schedule does not fit schedule_type {schedule_type!r} (overlay configs/rflow.json for rflow): {e}") from e
+        raise ValueError(
+            f"noise_schedule does not fit schedule_type {schedule_type!r} (overlay configs/rflow.json for rflow): {e}"
+        ) from e
 
 
 def controlnet_scheduler(diffusion_record: Mapping[str, Any]) -> DDPMScheduler:
     """The ControlNet stage's training scheduler, DDPM on the diffusion model's schedule; RFlow ControlNets are not supported yet."""
     schedule = trained_schedule(diffusion_record)
     if schedule != "ddpm":
-        raise ValueError(f"train_controlnet.json trains on a DDPM-trained diffusion model; diffusion_path holds a {schedule!r} one")
+        raise ValueError(
+            f"train_controlnet.json trains on a DDPM-trained diffusion model; diffusion_path holds a {schedule!r} one"
+        )
     return DDPMScheduler(**diffusion_record["noise_schedule"])
 
 
@@ -47,6 +51,6 @@ def check_sampler(sampler: str, schedule: str) -> None:
     """Refuse a sampler that cannot sample a model trained with `schedule`, naming the samplers that can."""
     allowed = COMPATIBLE_SAMPLERS[schedule]
     if sampler not in allowed:
-        raise ValueError(f"sampler {sampler!r} cannot sample a model trained with the {schedule!r} schedule; use sampler {' or '.join(allowed)}")
-
-
+        raise ValueError(
+            f"sampler {sampler!r} cannot sample a model trained with the {schedule!r} schedule; use sampler {' or '.join(allowed)}"
+        )

@@ -37,6 +37,7 @@ ROI_NAMES = {
     "body": (("External",), ("BODY",), ("Body",)),
 }
 
+
 def phantom_rois(label: np.ndarray, affine_lps: np.ndarray, rng: np.random.Generator) -> Rois:
     """(ROI name, structure, mask) per structure present, in precedence order; the body ROI outlines the whole patient."""
     i = np.arange(label.shape[0])[:, None, None]
@@ -62,7 +63,13 @@ def case_uid(seed: int, size: int, case: str, role: str, number: int = -1) -> st
 
 
 def write_case(
-    folder: Path, case: str, hu: np.ndarray, label: np.ndarray, affine_ras: np.ndarray, rng: np.random.Generator, uid: Uid
+    folder: Path,
+    case: str,
+    hu: np.ndarray,
+    label: np.ndarray,
+    affine_ras: np.ndarray,
+    rng: np.random.Generator,
+    uid: Uid,
 ) -> None:
     """Write one phantom (RAS arrays) as `<folder>/<study>/<series>/<files>`: CT series, RTSTRUCT and SEG."""
     hu, affine_lps = to_lps(hu, affine_ras)
@@ -98,5 +105,13 @@ def write_phantom_dicom(out: str, n: int = 8, size: int = 128, seed: int = 0) ->
             ct, label = (nib.load(Path(nifti) / case / name) for name in ("ct.nii.gz", "label.nii.gz"))
             hu, mask, affine = np.asanyarray(ct.dataobj), np.asanyarray(label.dataobj), ct.affine
             with staged_folder(root / case) as staging:
-                write_case(staging, case, hu, mask, affine, np.random.default_rng([seed, index]), partial(case_uid, seed, size, case))
+                write_case(
+                    staging,
+                    case,
+                    hu,
+                    mask,
+                    affine,
+                    np.random.default_rng([seed, index]),
+                    partial(case_uid, seed, size, case),
+                )
     return root

@@ -4,8 +4,8 @@ Every sample has its own seed (`seed + index`) and its own random generator, so 
 same whatever the batch size or the number of samples asked for.
 
 Speed and memory options: `rflow` sampling for models trained with rectified flow (see
-`scripts.schedules`), autocast to bfloat16/float16 (`precision`; it pays off on CUDA), tiled
-decoding (`decode_tile`, see `scripts.tiled_decoding`, for grids whose whole decoding does not fit
+`scripts.networks.schedules`), autocast to bfloat16/float16 (`precision`; it pays off on CUDA), tiled
+decoding (`decode_tile`, see `scripts.sampling.tiled_decoding`, for grids whose whole decoding does not fit
 the GPU) and `torch.compile` of the denoiser (`compile`).
 """
 
@@ -35,7 +35,11 @@ PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.floa
 
 
 def make_scheduler(
-    sampler: str, noise_schedule: dict, num_inference_steps: int, schedule_type: str = "ddpm", latent_numel: int | None = None
+    sampler: str,
+    noise_schedule: dict,
+    num_inference_steps: int,
+    schedule_type: str = "ddpm",
+    latent_numel: int | None = None,
 ) -> Scheduler:
     """The scheduler `sampler` on the noise schedule the model was trained with (`schedule_type`), set to `num_inference_steps`.
 
@@ -69,24 +73,40 @@ def autocast(device: torch.device, precision: str) -> AbstractContextManager:
 
 
 def scheduler_step(
-    scheduler: Scheduler, prediction: torch.Tensor, t: float, next_t: float, latents: torch.Tensor, generators: list[torch.Generator]
+    scheduler: Scheduler,
+    prediction: torch.Tensor,
+    t: float,
+    next_t: float,
+    latents: torch.Tensor,
+    generators: list[torch.Generator],
 ) -> torch.Tensor:
     """One reverse step of a batch: RFlow moves all samples along the velocity to `next_t`; DDPM/DDIM step each sample with its generator."""
     prediction = prediction.to(latents.dtype)
     if isinstance(scheduler, RFlowScheduler):
         return scheduler.step(prediction, t, latents, next_t)[0]
-    return torch.cat([scheduler.step(prediction[j : j + 1], int(t), latents[j : j + 1], generator=g)[0] for j, g in enumerate(generators)])
+    return torch.cat(
+        [
+            scheduler.step(prediction[j : j + 1], int(t), latents[j : j + 1], generator=g)[0]
+            for j, g in enumerate(generators)
+        ]
+    )
 
 
 @torch.no_grad()
 def denoise(
-    unet: Callable[..., torch.Tensor], scheduler: Scheduler, noise: torch.Tensor, generators: list[torch.Generator], progress: bool = True
+    unet: Callable[..., torch.Tensor],
+    scheduler: Scheduler,
+    noise: torch.Tensor,
+    generators: list[torch.Generator],
+    progress: bool = True,
 ) -> torch.Tensor:
     """Run the reverse process from `noise` down to timestep 0; sample j draws its step noise from `generators[j]`."""
     latents = noise
     times = scheduler.timesteps.tolist()
     dtype = torch.float32 if scheduler.timesteps.is_floating_point() else torch.long
-    for t, next_t in tqdm(zip(times, [*times[1:], 0]), total=len(times), desc="denoising", unit="step", disable=not progress):
+    for t, next_t in tqdm(
+        zip(times, [*times[1:], 0]), total=len(times), desc="denoising", unit="step", disable=not progress
+    ):
         batch_t = torch.full((latents.shape[0],), t, device=latents.device, dtype=dtype)
         latents = scheduler_step(scheduler, unet(latents, timesteps=batch_t), t, next_t, latents, generators)
     return latents
@@ -126,7 +146,9 @@ class LatentDiffusionSampler:
             logger.info("ddpm samples with all %d training steps", record["noise_schedule"]["num_train_timesteps"])
             num_inference_steps = record["noise_schedule"]["num_train_timesteps"]
         latent_numel = int(np.prod(record["latent_shape"][1:]))
-        self.scheduler = make_scheduler(sampler, record["noise_schedule"], num_inference_steps, trained_schedule(record), latent_numel)
+        self.scheduler = make_scheduler(
+            sampler, record["noise_schedule"], num_inference_steps, trained_schedule(record), latent_numel
+        )
         self.autoencoder, self.unet, self.record, self.device = autoencoder, unet, record, torch.device(device)
         self.controlnet = controlnet
         self.options = {"precision": precision, "decode_tile": decode_tile, "compile": compile}
@@ -139,7 +161,14 @@ class LatentDiffusionSampler:
     def with_schedule(self, sampler: str, num_inference_steps: int) -> LatentDiffusionSampler:
         """Another sampler on the same loaded networks and options, with its own scheduler (for per-request settings)."""
         return LatentDiffusionSampler(
-            self.autoencoder, self.unet, self.record, sampler, num_inference_steps, self.device, self.controlnet, **self.options
+            self.autoencoder,
+            self.unet,
+            self.record,
+            sampler,
+            num_inference_steps,
+            self.device,
+            self.controlnet,
+            **self.options,
         )
 
     @property
@@ -172,5 +201,3 @@ class LatentDiffusionSampler:
         with autocast(self.device, self.options["precision"]):
             images = self.tiler(z) if self.tiler else self.autoencoder.decode_stage_2_outputs(z)
         return [to_hu(image[0].float(), self.record["hu_window"]) for image in images]
-
-

@@ -52,7 +52,9 @@ class TiledDecoder:
         first_up = next((i for i, b in enumerate(blocks) if isinstance(b, Upsample)), len(blocks))
         self.low, self.high = blocks[:first_up], blocks[first_up:]
         if any(isinstance(m, SpatialAttentionBlock) for b in self.high for m in b.modules()):
-            raise ValueError("decode_tile: this decoder has attention above the latent resolution, which tiles would cut; decode whole")
+            raise ValueError(
+                "decode_tile: this decoder has attention above the latent resolution, which tiles would cut; decode whole"
+            )
         self.norms = [m for b in self.high for m in b.modules() if isinstance(m, torch.nn.GroupNorm)]
         self.halo = self._receptive_radius()
 
@@ -72,12 +74,16 @@ class TiledDecoder:
             core = [slice(s, min(s + t, n)) for s, t, n in zip(corner, self.tile, shape)]
             yield core, [slice(max(0, c.start - self.halo), min(n, c.stop + self.halo)) for c, n in zip(core, shape)]
 
-    def _run_tile(self, features: torch.Tensor, core: list[slice], inputs: list[slice], stats: list, gather: int | None) -> torch.Tensor:
+    def _run_tile(
+        self, features: torch.Tensor, core: list[slice], inputs: list[slice], stats: list, gather: int | None
+    ) -> torch.Tensor:
         """The high-resolution blocks on one tile with whole-volume norm statistics; with `gather`, add that norm's input sums instead."""
 
         def core_of(x: torch.Tensor) -> torch.Tensor:
             scale = x.shape[-3] // (inputs[0].stop - inputs[0].start)
-            return x[(..., *(slice((c.start - i.start) * scale, (c.stop - i.start) * scale) for c, i in zip(core, inputs)))]
+            return x[
+                (..., *(slice((c.start - i.start) * scale, (c.stop - i.start) * scale) for c, i in zip(core, inputs)))
+            ]
 
         def hook(index: int):
             def apply(norm: torch.nn.GroupNorm, args: tuple[torch.Tensor], output: torch.Tensor) -> torch.Tensor:
@@ -85,7 +91,9 @@ class TiledDecoder:
                     values = core_of(args[0].unflatten(1, (norm.num_groups, -1))).float()
                     var, mean = torch.var_mean(values, dim=tuple(range(2, values.ndim)), correction=0)
                     count = values[0, 0].numel()
-                    stats[index] += torch.stack([count * mean, count * (var + mean**2), torch.full_like(mean, count)]).double()
+                    stats[index] += torch.stack(
+                        [count * mean, count * (var + mean**2), torch.full_like(mean, count)]
+                    ).double()
                     raise _Gathered
                 return _normalise(args[0], norm, *stats[index])
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -21,32 +22,41 @@ from scripts.data.volumes import centred_affine
 MIN_DIAMETER_MM, MAX_DIAMETER_MM = 5.0, 100.0
 
 
-def mask_from_centre(
-    record: dict, centre_mm: Sequence[float], diameter_mm: float, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
+class TumorMask(NamedTuple):
+    """A binary tumor mask on the working grid (uint8) and the affine that places it in the world."""
+
+    mask: np.ndarray
+    affine: np.ndarray
+
+
+def mask_from_centre(record: dict, centre_mm: Sequence[float], diameter_mm: float, seed: int = 0) -> TumorMask:
     """A seeded irregular tumor of `diameter_mm` at `centre_mm` (RAS, origin at the volume centre), with its affine."""
     if not MIN_DIAMETER_MM <= float(diameter_mm) <= MAX_DIAMETER_MM:
-        raise ValueError(f"tumor_diameter_mm must be between {MIN_DIAMETER_MM} and {MAX_DIAMETER_MM}, got {diameter_mm}")
+        raise ValueError(
+            f"tumor_diameter_mm must be between {MIN_DIAMETER_MM} and {MAX_DIAMETER_MM}, got {diameter_mm}"
+        )
     if centre_mm is None or len(centre_mm) != 3:
         raise ValueError(f"tumor_center_mm must be three numbers (x, y, z in mm), got {centre_mm}")
     shape = tuple(record["image_size"])
     affine = centred_affine(shape, record["image_spacing_mm"])
     half_extent = 0.5 * np.asarray(shape) * np.asarray(record["image_spacing_mm"])
     if np.any(np.abs(np.asarray(centre_mm, float)) + diameter_mm / 2.0 > half_extent):
-        raise ValueError(f"tumor_center_mm {list(centre_mm)} with diameter {diameter_mm} mm leaves the volume (half extent {half_extent.tolist()} mm)")
+        raise ValueError(
+            f"tumor_center_mm {list(centre_mm)} with diameter {diameter_mm} mm leaves the volume (half extent {half_extent.tolist()} mm)"
+        )
     rng = np.random.default_rng(seed)
     mask = irregular_blob(grid_points(shape, affine), record["image_spacing_mm"], centre_mm, diameter_mm, rng)
-    return mask.astype(np.uint8), affine
+    return TumorMask(mask.astype(np.uint8), affine)
 
 
-def mask_from_file(record: dict, path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+def mask_from_file(record: dict, path: str | Path) -> TumorMask:
     """The binary mask in NIfTI `path` resampled into a working grid centred on the file's volume, with that grid's affine."""
     image, data = read_binary_mask(path)
     shape = tuple(record["image_size"])
     centre = image.affine[:3, :3] @ ((np.asarray(data.shape) - 1) / 2.0) + image.affine[:3, 3]
     affine = centred_affine(shape, record["image_spacing_mm"])
     affine[:3, 3] += centre
-    return resample_mask(data, image.affine, affine, shape, str(path)).astype(np.uint8), affine
+    return TumorMask(resample_mask(data, image.affine, affine, shape, str(path)).astype(np.uint8), affine)
 
 
 def requested_mask(
@@ -55,10 +65,12 @@ def requested_mask(
     tumor_center_mm: Sequence[float] | None = None,
     tumor_diameter_mm: float = 30.0,
     seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> TumorMask:
     """The tumor mask of a conditioned request: from `mask` (a file) or from `tumor_center_mm` and its diameter."""
     if (mask is None) == (tumor_center_mm is None):
-        raise ValueError("give either mask (a NIfTI file) or tumor_center_mm (with tumor_diameter_mm), not both or neither")
+        raise ValueError(
+            "give either mask (a NIfTI file) or tumor_center_mm (with tumor_diameter_mm), not both or neither"
+        )
     if mask is not None:
         return mask_from_file(record, mask)
     return mask_from_centre(record, tumor_center_mm, tumor_diameter_mm, seed)

@@ -14,6 +14,7 @@ from scripts.data.volumes import centred_affine, check_writable, write_nifti
 from scripts.dicom.export import export_dicom
 from scripts.evaluation.adherence import tumor_adherence
 from scripts.sampling.sampler import LatentDiffusionSampler
+from scripts.sampling.tumor_request import TumorMask
 from scripts.transforms.conditioning import tumor_condition
 
 logger = logging.getLogger(__name__)
@@ -32,22 +33,26 @@ def write_samples(
     seeds: list[int],
     batch_size: int = 1,
     overwrite: bool = False,
-    mask: np.ndarray | None = None,
-    affine: np.ndarray | None = None,
+    tumor: TumorMask | None = None,
     dicom: bool = False,
 ) -> list[Path]:
     """Generate one CT per seed into `output_dir`.
 
-    Each sample is `sample_seed<N>_ct.nii.gz` (HU, int16) with a PNG preview. With a tumor `mask`
-    (on the working grid, placed by `affine`), sampling is conditioned on it and each sample also
+    Each sample is `sample_seed<N>_ct.nii.gz` (HU, int16) with a PNG preview. With a `tumor` mask
+    (on the working grid, placed by its affine), sampling is conditioned on it and each sample also
     gets `_mask.nii.gz` and `_adherence.json`; the preview cuts through the tumor and outlines it.
     With `dicom`, each sample is also exported to `sample_seed<N>_dicom/` (CT series, RTSTRUCT, SEG).
     """
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    mask, affine = tumor if tumor is not None else (None, None)
     out = Path(output_dir)
     names = {s: f"sample_seed{s}" for s in seeds}
-    suffixes = ["_ct.nii.gz"] + (["_mask.nii.gz", "_adherence.json"] if mask is not None else []) + (["_dicom"] if dicom else [])
+    suffixes = (
+        ["_ct.nii.gz"]
+        + (["_mask.nii.gz", "_adherence.json"] if mask is not None else [])
+        + (["_dicom"] if dicom else [])
+    )
     check_writable([out / f"{n}{x}" for n in names.values() for x in suffixes], overwrite)
     condition = tumor_condition(mask) if mask is not None else None
     written = []
@@ -64,7 +69,9 @@ def write_samples(
                 (out / f"{names[s]}_adherence.json").write_text(json.dumps(report, indent=2) + "\n")
                 if report["mask_in_lungs_fraction"] < 0.5:
                     inside = 100 * report["mask_in_lungs_fraction"]
-                    logger.warning("%s: the tumor lies mostly outside the sample's lungs (%.0f%% inside)", names[s], inside)
+                    logger.warning(
+                        "%s: the tumor lies mostly outside the sample's lungs (%.0f%% inside)", names[s], inside
+                    )
             if dicom:
                 mask_file = str(mask_path) if mask_path else None
                 export_dicom(str(written[-1]), str(out / f"{names[s]}_dicom"), mask=mask_file, name=names[s])

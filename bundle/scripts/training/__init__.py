@@ -8,11 +8,10 @@ from scripts.training.distributed import (
     init,
     is_distributed,
     is_main_process,
-    mean_across_ranks,
-    rank,
+    local_device,
 )
 from scripts.training.engines import AutoencoderTrainer, ReconstructionInferer, loss_terms
-from scripts.training.latents import SampleLatentd, encode_dataset, scale_factor
+from scripts.training.latents import SampleLatentd, dataset_scale_factor, encode_dataset, latent_shape
 from scripts.training.losses import AutoencoderLoss, make_perceptual_loss, weighted_mse
 from scripts.training.prepare_batch import RectifiedFlowPrepareBatch, TumorWeightedPrepareBatch
 from scripts.training.resume import ResumeFromCheckpoint
@@ -28,15 +27,15 @@ __all__ = [
     "check_replicas",
     "data_parallel",
     "data_sampler",
+    "dataset_scale_factor",
     "encode_dataset",
     "finish",
     "init",
     "is_distributed",
     "is_main_process",
+    "latent_shape",
+    "local_device",
     "loss_terms",
     "make_perceptual_loss",
-    "mean_across_ranks",
-    "rank",
-    "scale_factor",
     "weighted_mse",
 ]

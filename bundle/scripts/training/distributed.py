@@ -6,6 +6,7 @@ import hashlib
 import itertools
 import logging
 import os
+from collections.abc import Sequence
 
 import ignite.distributed as idist
 import torch
@@ -32,10 +33,20 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
-def init(backend: str, device: torch.device) -> None:
+def local_device() -> torch.device:
+    """This rank's device under torchrun: the GPU numbered LOCAL_RANK, or the CPU on a machine without one."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def init(device: torch.device) -> None:
     """Join the process group torchrun set up (nccl on GPUs, gloo on CPUs) and pin this rank's GPU."""
+    backend = "nccl" if device.type == "cuda" else "gloo"
     if "LOCAL_RANK" not in os.environ:
-        raise RuntimeError("multi_gpu_train.json runs under torchrun (it sets LOCAL_RANK): torchrun --nproc_per_node=N -m monai.bundle run ...")
+        raise RuntimeError(
+            "multi_gpu_train.json runs under torchrun (it sets LOCAL_RANK): torchrun --nproc_per_node=N -m monai.bundle run ..."
+        )
     if not is_distributed():
         dist.init_process_group(backend=backend)
     idist.sync()  # ignite sets up its own view of the group with a collective: do it on every rank now
@@ -65,8 +76,13 @@ def mean_across_ranks(value: float) -> float:
     return sum(values) / len(values)
 
 
-def check_replicas(module: torch.nn.Module) -> None:
-    """Raise if this rank's weights are not bit for bit rank 0's (the DDP replicas drifted apart)."""
+def check_replicas(modules: Sequence[torch.nn.Module]) -> None:
+    """Raise if this rank's weights of any of `modules` are not bit for bit rank 0's (the DDP replicas drifted apart)."""
+    for module in modules:
+        _check_replica(module)
+
+
+def _check_replica(module: torch.nn.Module) -> None:
     if not is_distributed():
         return
     weights = torch.cat([p.detach().flatten().double().cpu() for p in module.parameters()])

@@ -79,7 +79,8 @@ class AutoencoderTrainer(Trainer):
             raise ValueError(f"adversarial_warmup_epochs must be >= 0, got {adversarial_warmup_epochs}")
         self.autoencoder, self.discriminator = autoencoder, discriminator
         self.g_optimizer, self.d_optimizer = g_optimizer, d_optimizer
-        self.loss, self.mask_channels = loss, mask_channels
+        self.loss = loss
+        self.mask_channels = list(mask_channels) if mask_channels is not None else None
         self.adversarial_warmup_epochs = adversarial_warmup_epochs
         self.network = autoencoder  # what MONAI handlers (e.g. ValidationHandler) look for
 

@@ -15,6 +15,8 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform
 from tqdm import tqdm
 
+from scripts.training.distributed import mean_across_ranks, rank
+
 logger = logging.getLogger(__name__)
 
 
@@ -28,7 +30,9 @@ def encode_dataset(
     for batch in tqdm(loader, desc="encoding latents", unit="batch"):
         z_mu, z_sigma = autoencoder.encode(batch["image"].to(device))
         for i, (m, s) in enumerate(zip(z_mu, z_sigma)):
-            latents.append({"z_mu": m.cpu(), "z_sigma": s.cpu(), **{k: torch.as_tensor(batch[k][i]) for k in keep_keys}})
+            latents.append(
+                {"z_mu": m.cpu(), "z_sigma": s.cpu(), **{k: torch.as_tensor(batch[k][i]) for k in keep_keys}}
+            )
     if not latents:
         raise ValueError("no images to encode: the training split of the datalist is empty")
     return latents
@@ -37,10 +41,22 @@ def encode_dataset(
 def scale_factor(latents: list[dict[str, torch.Tensor]], seed: int = 0) -> float:
     """1 / std of latents sampled from every training posterior, so scaled latents have unit variance."""
     generator = torch.Generator().manual_seed(seed)
-    samples = torch.stack([d["z_mu"] + d["z_sigma"] * torch.randn(d["z_mu"].shape, generator=generator) for d in latents])
+    samples = torch.stack(
+        [d["z_mu"] + d["z_sigma"] * torch.randn(d["z_mu"].shape, generator=generator) for d in latents]
+    )
     factor = 1.0 / float(samples.std())
     logger.info("scale factor %.4f from %d latents", factor, len(latents))
     return factor
+
+
+def dataset_scale_factor(latents: list[dict[str, torch.Tensor]], seed: int = 0) -> float:
+    """The scale factor of the whole training set: each rank's `scale_factor` (seeded `seed + rank`), averaged over ranks."""
+    return mean_across_ranks(scale_factor(latents, seed=seed + rank()))
+
+
+def latent_shape(latents: list[dict[str, torch.Tensor]]) -> list[int]:
+    """The shape (channels, X, Y, Z) of one encoded latent."""
+    return list(latents[0]["z_mu"].shape)
 
 
 class SampleLatentd(RandomizableTransform, MapTransform):

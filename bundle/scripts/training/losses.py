@@ -67,7 +67,9 @@ class AutoencoderLoss:
         tumor_l1_weight: float = 1.0,
     ) -> None:
         if tumor_l1_weight < 1.0:
-            raise ValueError(f"tumor_loss_weight must be >= 1 (1 weighs tumor voxels like any other), got {tumor_l1_weight}")
+            raise ValueError(
+                f"tumor_loss_weight must be >= 1 (1 weighs tumor voxels like any other), got {tumor_l1_weight}"
+            )
         self.l1_weight, self.kl_weight, self.tumor_l1_weight = l1_weight, kl_weight, tumor_l1_weight
         self.perceptual_weight, self.adversarial_weight = perceptual_weight, adversarial_weight
         self.perceptual_loss = perceptual_loss
@@ -97,7 +99,9 @@ class AutoencoderLoss:
             terms["perceptual"] = self.perceptual_loss(reconstruction.float(), images.float())
             total = total + self.perceptual_weight * terms["perceptual"]
         if fake_logits is not None:
-            terms["adversarial"] = self.adversarial_loss(fake_logits.float(), target_is_real=True, for_discriminator=False)
+            terms["adversarial"] = self.adversarial_loss(
+                fake_logits.float(), target_is_real=True, for_discriminator=False
+            )
             total = total + self.adversarial_weight * terms["adversarial"]
         terms["total"] = total
         return terms
@@ -107,6 +111,8 @@ class AutoencoderLoss:
         fake = self.adversarial_loss(fake_logits.float(), target_is_real=False, for_discriminator=True)
         real = self.adversarial_loss(real_logits.float(), target_is_real=True, for_discriminator=True)
         return 0.5 * (fake + real)
+
+
 def weighted_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """MSE between `prediction` and the noise in `target[:, :-1]`, weighted per voxel by `target[:, -1:]`."""
     noise, weight = target[:, :-1], target[:, -1:]

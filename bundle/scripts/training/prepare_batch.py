@@ -47,10 +47,14 @@ class RectifiedFlowPrepareBatch:
 
     def __init__(self, scheduler: RFlowScheduler, prepare_batch: Callable) -> None:
         if not isinstance(scheduler, RFlowScheduler):
-            raise ValueError(f"RectifiedFlowPrepareBatch needs an RFlowScheduler as noise_scheduler, got {type(scheduler).__name__}")
+            raise ValueError(
+                f"RectifiedFlowPrepareBatch needs an RFlowScheduler as noise_scheduler, got {type(scheduler).__name__}"
+            )
         self.scheduler, self.prepare_batch = scheduler, prepare_batch
 
-    def __call__(self, batchdata: Any, device: torch.device | str | None = None, non_blocking: bool = False, **kwargs: Any):
+    def __call__(
+        self, batchdata: Any, device: torch.device | str | None = None, non_blocking: bool = False, **kwargs: Any
+    ):
         images, target, args, infer_kwargs = self.prepare_batch(batchdata, device, non_blocking, **kwargs)
         infer_kwargs["timesteps"] = self.scheduler.sample_timesteps(images).to(images.device)
         velocity = images - infer_kwargs["noise"]

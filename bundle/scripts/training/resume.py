@@ -17,7 +17,11 @@ logger = logging.getLogger(__name__)
 def training_checkpoints(ckpt_dir: str | Path, file_prefix: str) -> list[Path]:
     """Interval checkpoints `<prefix>_checkpoint_epoch=N.pt` in `ckpt_dir`, newest epoch first."""
     pattern = re.compile(rf"^{re.escape(file_prefix)}_checkpoint_epoch=(\d+)\.pt$")
-    found = [(int(m.group(1)), p) for p in Path(ckpt_dir).glob(f"{file_prefix}_checkpoint_epoch=*.pt") if (m := pattern.match(p.name))]
+    found = [
+        (int(m.group(1)), p)
+        for p in Path(ckpt_dir).glob(f"{file_prefix}_checkpoint_epoch=*.pt")
+        if (m := pattern.match(p.name))
+    ]
     return [p for _, p in sorted(found, reverse=True)]
 
 

@@ -27,7 +27,11 @@ LUNG_IDS = (LABELS["lungs"], *TUMOR_IDS)
 
 
 def lungs_from_hu(
-    hu: np.ndarray, spacing: Sequence[float], threshold_hu: float = -400.0, airway_mm: float = 10.0, min_fraction: float = 0.1
+    hu: np.ndarray,
+    spacing: Sequence[float],
+    threshold_hu: float = -400.0,
+    airway_mm: float = 10.0,
+    min_fraction: float = 0.1,
 ) -> np.ndarray:
     """Lung mask of a table-free RAS CT: air enclosed by tissue in its axial slice, largest 3D parts.
 

@@ -21,7 +21,9 @@ def preprocessing_chain(grid: int | None = None) -> tuple:
     return parser.get_parsed_content("preprocessing"), parser.get_parsed_content("hu_window")
 
 
-def preprocess_case(image: str, out: str, label: str | None = None, grid: int | None = None, overwrite: bool = False) -> list[Path]:
+def preprocess_case(
+    image: str, out: str, label: str | None = None, grid: int | None = None, overwrite: bool = False
+) -> list[Path]:
     """Write `out/ct.nii.gz` (HU, int16) and, with `label`, `out/label.nii.gz`, on the working grid with its true affine.
 
     Args:
@@ -41,6 +43,8 @@ def preprocess_case(image: str, out: str, label: str | None = None, grid: int | 
     ct = data["image"]
     written = [write_nifti(to_hu(ct[0], hu_window), np.asarray(ct.affine), targets[0])]
     if label:
-        written.append(write_nifti(np.asarray(data["label"][0]).astype(np.uint8), np.asarray(data["label"].affine), targets[1]))
+        written.append(
+            write_nifti(np.asarray(data["label"][0]).astype(np.uint8), np.asarray(data["label"].affine), targets[1])
+        )
     logger.info("wrote %s", ", ".join(map(str, written)))
     return written

@@ -27,7 +27,12 @@ class Synthesize(InferTask):
     config_file = "inference.json"
     reads_image = False
 
-    def __init__(self, bundle: BundleGenerator, limits: SamplingLimits, description: str = "A synthetic chest CT (HU), unconditional") -> None:
+    def __init__(
+        self,
+        bundle: BundleGenerator,
+        limits: SamplingLimits,
+        description: str = "A synthetic chest CT (HU), unconditional",
+    ) -> None:
         super().__init__(InferType.OTHERS, labels=None, dimension=3, description=description, config=limits.as_config())
         self.generator, self.limits = bundle.generator, limits
 
@@ -48,7 +53,11 @@ class Synthesize(InferTask):
 
     def info(self) -> dict[str, Any]:
         """MONAI Label's task info plus the bounds a request must respect."""
-        return {**super().info(), "max_inference_steps": self.limits.max_inference_steps, "grid": self.generator.record["image_size"]}
+        return {
+            **super().info(),
+            "max_inference_steps": self.limits.max_inference_steps,
+            "grid": self.generator.record["image_size"],
+        }
 
     def generate(self, params: SamplingParams, condition: torch.Tensor | None = None) -> tuple[np.ndarray, int, float]:
         """One CT in HU for `params` (steered by `condition` if given), the steps it ran and the seconds it took."""

@@ -25,7 +25,9 @@ class SynthesizeTumor(Synthesize):
     reads_image = True
 
     def __init__(self, bundle: BundleGenerator, limits: SamplingLimits) -> None:
-        super().__init__(bundle, limits, description="A synthetic chest CT (HU) with a tumor at the clicks or the label")
+        super().__init__(
+            bundle, limits, description="A synthetic chest CT (HU) with a tumor at the clicks or the label"
+        )
         self.diameter_mm = float(bundle.defaults["tumor_diameter_mm"])
         self.preprocessing = preprocessing_chain(int(self.generator.record["image_size"][0]))[0]
 

@@ -5,8 +5,8 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-from corrupt import CORRUPTIONS, preprocessed_phantoms, write_volumes
 
+from helpers.corrupt import CORRUPTIONS, preprocessed_phantoms, write_volumes
 from scripts.evaluation.quality import judge_volume, load_config, write_quality_report
 from scripts.phantoms.thorax import write_phantoms
 

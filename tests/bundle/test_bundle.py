@@ -11,14 +11,24 @@ import numpy
 import pytest
 import torch
 import yaml
-from conftest import BUNDLE, TINY
 from monai.bundle import ConfigWorkflow
 
+from helpers import BUNDLE, TINY
 from scripts.networks.loading import load_controlnet, load_diffusion
 
 REQUIRED_METADATA = (
-    "schema", "version", "changelog", "monai_version", "pytorch_version", "numpy_version",
-    "required_packages_version", "task", "description", "authors", "copyright", "network_data_format",
+    "schema",
+    "version",
+    "changelog",
+    "monai_version",
+    "pytorch_version",
+    "numpy_version",
+    "required_packages_version",
+    "task",
+    "description",
+    "authors",
+    "copyright",
+    "network_data_format",
 )
 
 
@@ -49,7 +59,10 @@ def _workflow(configs, kind, overrides):
     os.chdir(BUNDLE)
     try:
         workflow = ConfigWorkflow(
-            config_file=[f"configs/{c}" for c in configs], meta_file="configs/metadata.json", workflow_type=kind, **overrides
+            config_file=[f"configs/{c}" for c in configs],
+            meta_file="configs/metadata.json",
+            workflow_type=kind,
+            **overrides,
         )
         workflow.initialize()
         return workflow.check_properties()
@@ -70,7 +83,9 @@ def test_inference_workflows_have_the_infer_properties(trained, config):
 
 
 def test_no_tracked_file_in_the_bundle_is_over_25_mb():
-    listed = subprocess.run(["git", "ls-files", "bundle"], cwd=BUNDLE.parent, capture_output=True, text=True, check=True)
+    listed = subprocess.run(
+        ["git", "ls-files", "bundle"], cwd=BUNDLE.parent, capture_output=True, text=True, check=True
+    )
     sizes = {p: (BUNDLE.parent / p).stat().st_size for p in listed.stdout.split() if (BUNDLE.parent / p).is_file()}
     assert sizes and max(sizes.values()) < 25 * 2**20
 
@@ -88,7 +103,10 @@ def test_large_files_list_every_shipped_checkpoint_with_its_hash():
 def test_exported_networks_match_the_eager_ones(trained, tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "scripts", "export", "--model_dir", str(trained.dir), "--out", str(tmp_path)],
-        cwd=BUNDLE, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        cwd=BUNDLE,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert done.returncode == 0, done.stderr[-3000:]
     unet, record = load_diffusion(trained.dir / "diffusion.pt")

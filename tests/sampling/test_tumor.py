@@ -2,15 +2,14 @@
 
 import dataclasses
 import json
-import sys
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import BUNDLE, TINY, run_bundle
 from monai.networks.nets import DiffusionModelUNet
 
+from helpers import TINY, run_bundle
 from scripts.data.labels import LABELS
 from scripts.data.volumes import centred_affine
 from scripts.evaluation.adherence import tumor_adherence
@@ -130,8 +129,16 @@ def test_adherence_finds_a_real_tumor_and_not_a_missing_one(phantom_case):
 
 
 def test_controlnet_starts_from_the_unet_and_matches_the_latent_grid():
-    unet_kwargs = dict(spatial_dims=3, in_channels=3, out_channels=3, channels=[8, 16, 16], num_res_blocks=1,
-                       norm_num_groups=8, attention_levels=[False, False, False], num_head_channels=[0, 8, 8])
+    unet_kwargs = dict(
+        spatial_dims=3,
+        in_channels=3,
+        out_channels=3,
+        channels=[8, 16, 16],
+        num_res_blocks=1,
+        norm_num_groups=8,
+        attention_levels=[False, False, False],
+        num_head_channels=[0, 8, 8],
+    )
     unet = DiffusionModelUNet(**unet_kwargs)
     kwargs = controlnet_kwargs(unet_kwargs, [8, 16, 16])
     controlnet = controlnet_from_unet(unet, kwargs, latent_downsampling=4)
@@ -157,7 +164,9 @@ def test_conditioning_mask_and_lung_dropout():
 def test_tumor_weighted_loss():
     condition = torch.zeros(1, 2, 16, 16, 16)
     condition[:, 0, :4, :4, :4] = 1
-    images, _, _, _ = batch = TumorWeightedPrepareBatch(1000, tumor_weight=5.0)({"image": torch.zeros(1, 3, 4, 4, 4), "condition": condition})
+    images, _, _, _ = batch = TumorWeightedPrepareBatch(1000, tumor_weight=5.0)(
+        {"image": torch.zeros(1, 3, 4, 4, 4), "condition": condition}
+    )
     target = batch[1]
     assert target.shape == (1, 4, 4, 4, 4) and target[0, -1, 0, 0, 0] == 5.0 and target[0, -1, 3, 3, 3] == 1.0
     noise = target[:, :-1]
@@ -190,7 +199,10 @@ def test_controlnet_fine_tuning_starts_from_given_weights(trained):
 
 def test_inference_tumor_writes_ct_mask_and_adherence(trained, tmp_path):
     overrides = {"model_dir": str(trained.dir), "output_dir": str(tmp_path), "num_samples": 2, "num_inference_steps": 3}
-    run_bundle(["inference_tumor.json"], {**overrides, "seed": 3, "tumor_center_mm": [40.0, 0.0, 10.0], "tumor_diameter_mm": 50.0})
+    run_bundle(
+        ["inference_tumor.json"],
+        {**overrides, "seed": 3, "tumor_center_mm": [40.0, 0.0, 10.0], "tumor_diameter_mm": 50.0},
+    )
     expected, affine = mask_from_centre(dict(RECORD), [40.0, 0.0, 10.0], 50.0, seed=3)
     for seed in (3, 4):
         ct = nib.load(tmp_path / f"sample_seed{seed}_ct.nii.gz")
@@ -210,21 +222,29 @@ def test_inference_tumor_refuses_a_bad_diameter(trained, tmp_path):
 
 
 def test_adherence_benchmark_scores_conditioned_and_unconditional_samples(trained, phantom_dir, tmp_path):
-    sys.path.insert(0, str(BUNDLE.parent / "bench"))
     import tumor_adherence
 
     out = tmp_path / "adherence.json"
     args = ["--model-dir", str(trained.dir), "--seeds", "0", "1", "--centres", "40,0,0;-40,0,0", "--steps", "3"]
     result = tumor_adherence.main([*args, "--phantoms", str(phantom_dir), "--cases", "2", "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
-    assert [(r["centre_mm"], r["seed"]) for r in result["rows"]] == [([40.0, 0.0, 0.0], 0), ([40.0, 0.0, 0.0], 1), ([-40.0, 0.0, 0.0], 0), ([-40.0, 0.0, 0.0], 1)]
+    assert [(r["centre_mm"], r["seed"]) for r in result["rows"]] == [
+        ([40.0, 0.0, 0.0], 0),
+        ([40.0, 0.0, 0.0], 1),
+        ([-40.0, 0.0, 0.0], 0),
+        ([-40.0, 0.0, 0.0], 1),
+    ]
     for kind in ("conditioned", "unconditional"):
         values = [r[f"{kind}_mask_soft_tissue_fraction"] for r in result["rows"]]
         assert all(0.0 <= v <= 1.0 for v in values)
         assert result["means"][f"{kind}_mask_soft_tissue_fraction"] == pytest.approx(np.mean(values))
     assert result["reconstruction"], "the phantoms have tumors on the working grid"
     for row in result["reconstruction"]:
-        assert row["gtv_voxels"] > 0 and row["original_gtv_tissue_fraction"] > 0.5, f"the mask lies on the phantom's tumor: {row}"
+        assert row["gtv_voxels"] > 0 and row["original_gtv_tissue_fraction"] > 0.5, (
+            f"the mask lies on the phantom's tumor: {row}"
+        )
         assert 0.0 <= row["reconstructed_gtv_tissue_fraction"] <= 1.0
-    missing = tumor_adherence.means([{**result["rows"][0], "conditioned_centroid_distance_mm": None}, result["rows"][1]])
+    missing = tumor_adherence.means(
+        [{**result["rows"][0], "conditioned_centroid_distance_mm": None}, result["rows"][1]]
+    )
     assert missing["conditioned_centroid_distance_mm"] == result["rows"][1]["conditioned_centroid_distance_mm"]

@@ -4,7 +4,6 @@ Most tests use `monailabel start_server`; the serving tests use the README's uvi
 """
 
 import json
-import sys
 import tempfile
 import threading
 import time
@@ -14,18 +13,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 import requests
-from conftest import BUNDLE
+from local_server import PhantomStudy, phantom_study, running_server
 from monailabel.client import MONAILabelClient
+from synthesis_client import TUMOR_TASK, request_params, save_mask, synthesize
 
 from scripts.data.volumes import centred_affine
 from scripts.networks.checkpoint import load_checkpoint
 from scripts.sampling.tumor_request import mask_from_centre
 from scripts.transforms.preprocess import preprocessing_chain
-
-APP = BUNDLE.parent / "monailabel_app"
-sys.path[:0] = [str(APP), str(APP / "slicer")]
-from local_server import PhantomStudy, phantom_study, running_server  # noqa: E402
-from synthesis_client import TUMOR_TASK, request_params, save_mask, synthesize  # noqa: E402
 
 STEPS, MAX_STEPS = 3, 20
 CONFIGURED_ORIGIN = "http://127.0.0.1:3000"
@@ -53,7 +48,9 @@ def server(conf, phantom, tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def served(conf, phantom, tmp_path_factory) -> str:
     """The README's serving command: uvicorn with MONAI Label's settings in the environment, CORS origins set."""
-    with running_server(phantom.path.parent, tmp_path_factory.mktemp("served") / "server.log", conf, cors_origins=[CONFIGURED_ORIGIN]) as url:
+    with running_server(
+        phantom.path.parent, tmp_path_factory.mktemp("served") / "server.log", conf, cors_origins=[CONFIGURED_ORIGIN]
+    ) as url:
         yield url
 
 
@@ -63,14 +60,18 @@ def record(trained) -> dict:
     return load_checkpoint(trained.dir / "diffusion.pt", ("diffusion_record",))["diffusion_record"]
 
 
-def infer(url: str, model: str, params: dict, image: str = "phantom", **files) -> tuple[nib.Nifti1Image, np.ndarray, dict]:
+def infer(
+    url: str, model: str, params: dict, image: str = "phantom", **files
+) -> tuple[nib.Nifti1Image, np.ndarray, dict]:
     """One request through MONAI Label's client: the CT image (in memory), its voxels, the JSON.
 
     The client saves the result under the server's file name; on the server's machine that must not
     be the server's temporary folder, where the server deletes that name once sent.
     """
     with tempfile.TemporaryDirectory() as downloads:
-        path, info = MONAILabelClient(url, tmpdir=downloads).infer(model, image, {"num_inference_steps": STEPS, **params}, **files)
+        path, info = MONAILabelClient(url, tmpdir=downloads).infer(
+            model, image, {"num_inference_steps": STEPS, **params}, **files
+        )
         ct = nib.load(path)
         hu = np.asanyarray(ct.dataobj)
         return nib.Nifti1Image(hu, ct.affine, ct.header), hu, info
@@ -134,16 +135,28 @@ def test_click_and_label_on_a_generated_volume_are_voxel_exact(server, record, t
     ct, hu, _ = infer(server, "synthesize", {"seed": 11})
     nib.save(ct, generated)
     voxel = [10, 12, 14]
-    tumor_ct, _, info = infer(server, "synthesize_tumor", {"seed": 5, "foreground": [voxel], "tumor_diameter_mm": 40.0}, image="", file=str(generated))
+    tumor_ct, _, info = infer(
+        server,
+        "synthesize_tumor",
+        {"seed": 5, "foreground": [voxel], "tumor_diameter_mm": 40.0},
+        image="",
+        file=str(generated),
+    )
     assert info["placement"] == "working_grid" and np.array_equal(tumor_ct.affine, ct.affine)
     mask = np.asanyarray(decoded_mask(info, tmp_path).dataobj)
-    expected, _ = mask_from_centre(record, world(voxel, centred_affine(hu.shape, record["image_spacing_mm"])), 40.0, seed=5)
+    expected, _ = mask_from_centre(
+        record, world(voxel, centred_affine(hu.shape, record["image_spacing_mm"])), 40.0, seed=5
+    )
     assert mask[tuple(voxel)] == 1 and np.array_equal(mask, expected), "the clicked voxel is the tumor's centre voxel"
     label = tmp_path / "label.nii.gz"
     nib.save(nib.Nifti1Image(mask, ct.affine), label)
-    _, _, from_label = infer(server, "synthesize_tumor", {"seed": 5}, image="", file=str(generated), label_in=str(label))
+    _, _, from_label = infer(
+        server, "synthesize_tumor", {"seed": 5}, image="", file=str(generated), label_in=str(label)
+    )
     assert from_label["tumor_source"] == "label"
-    assert np.array_equal(np.asanyarray(decoded_mask(from_label, tmp_path).dataobj), mask), "a label maps voxel for voxel"
+    assert np.array_equal(np.asanyarray(decoded_mask(from_label, tmp_path).dataobj), mask), (
+        "a label maps voxel for voxel"
+    )
 
 
 def test_label_on_a_user_ct_keeps_its_world_position(server, phantom, tmp_path):
@@ -161,7 +174,13 @@ def test_label_on_a_user_ct_keeps_its_world_position(server, phantom, tmp_path):
 def post(url: str, model: str, params: dict, image: str = "phantom", files: dict | None = None) -> requests.Response:
     """A raw multipart /infer request, as a browser or a script would send it."""
     uploads = {name: (Path(p).name, Path(p).read_bytes()) for name, p in (files or {}).items()}
-    return requests.post(f"{url}/infer/{model}", params={"image": image}, data={"params": json.dumps(params)}, files=uploads or None, timeout=120)
+    return requests.post(
+        f"{url}/infer/{model}",
+        params={"image": image},
+        data={"params": json.dumps(params)},
+        files=uploads or None,
+        timeout=120,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +198,13 @@ BAD_REQUESTS = {
     "unknown model": ("segmentation", {}, None, 404, "model"),
     "zero steps": ("synthesize", {"num_inference_steps": 0}, None, 400, "num_inference_steps"),
     "negative steps": ("synthesize", {"num_inference_steps": -3}, None, 400, "num_inference_steps"),
-    "too many steps": ("synthesize_tumor", {"num_inference_steps": MAX_STEPS + 1, "foreground": CLICK}, None, 400, "num_inference_steps"),
+    "too many steps": (
+        "synthesize_tumor",
+        {"num_inference_steps": MAX_STEPS + 1, "foreground": CLICK},
+        None,
+        400,
+        "num_inference_steps",
+    ),
     "steps as text": ("synthesize", {"num_inference_steps": "ten"}, None, 400, "num_inference_steps"),
     "seed as text": ("synthesize", {"seed": "abc"}, None, 400, "seed"),
     "fractional seed": ("synthesize", {"seed": 1.5}, None, 400, "seed"),
@@ -188,12 +213,30 @@ BAD_REQUESTS = {
     "unknown sampler": ("synthesize", {"sampler": "euler"}, None, 400, "sampler"),
     "ddpm beyond the step cap": ("synthesize", {"sampler": "ddpm"}, None, 400, "sampler"),
     "sampler of another training schedule": ("synthesize", {"sampler": "rflow"}, None, 400, "sampler"),
-    "diameter of 1 km": ("synthesize_tumor", {"foreground": CLICK, "tumor_diameter_mm": 1e6}, None, 400, "tumor_diameter_mm"),
-    "diameter as text": ("synthesize_tumor", {"foreground": CLICK, "tumor_diameter_mm": "big"}, None, 400, "tumor_diameter_mm"),
+    "diameter of 1 km": (
+        "synthesize_tumor",
+        {"foreground": CLICK, "tumor_diameter_mm": 1e6},
+        None,
+        400,
+        "tumor_diameter_mm",
+    ),
+    "diameter as text": (
+        "synthesize_tumor",
+        {"foreground": CLICK, "tumor_diameter_mm": "big"},
+        None,
+        400,
+        "tumor_diameter_mm",
+    ),
     "click of two numbers": ("synthesize_tumor", {"foreground": [[1, 2]]}, None, 400, "foreground"),
     "click outside the image": ("synthesize_tumor", {"foreground": [[1e9, 0, 0]]}, None, 400, "foreground"),
     "too many clicks": ("synthesize_tumor", {"foreground": CLICK * 9}, None, 400, "foreground"),
-    "tumor leaving the volume": ("synthesize_tumor", {"foreground": [[0, 0, 0]], "tumor_diameter_mm": 100.0}, None, 400, "foreground"),
+    "tumor leaving the volume": (
+        "synthesize_tumor",
+        {"foreground": [[0, 0, 0]], "tumor_diameter_mm": 100.0},
+        None,
+        400,
+        "foreground",
+    ),
     "neither click nor label": ("synthesize_tumor", {}, None, 400, "foreground"),
     "label of the wrong shape": ("synthesize_tumor", {}, "small", 400, "label"),
     "label that is not binary": ("synthesize_tumor", {}, "labelmap", 400, "label"),
@@ -227,7 +270,9 @@ def test_serving_command_runs_the_app_and_lets_no_browser_origin_in(served):
 
 def test_default_start_server_echoes_any_origin(server):
     answer = requests.get(f"{server}/info/", headers={"Origin": "http://evil.example"}, timeout=30)
-    assert answer.headers.get("access-control-allow-origin") in ("*", "http://evil.example"), "why the README serves with uvicorn"
+    assert answer.headers.get("access-control-allow-origin") in ("*", "http://evil.example"), (
+        "why the README serves with uvicorn"
+    )
 
 
 def test_a_request_during_a_generation_waits_for_it(served):
@@ -249,7 +294,9 @@ def test_a_request_during_a_generation_waits_for_it(served):
     worker.join()
     assert "error" not in done, done
     assert sent < done["infer"], "the generation ended before /info/ was sent: make it longer"
-    assert answered >= done["infer"] - 0.05, "/info/ is answered only once the generation is over (/infer blocks the server)"
+    assert answered >= done["infer"] - 0.05, (
+        "/info/ is answered only once the generation is over (/infer blocks the server)"
+    )
 
 
 def test_slicer_client_logic_against_the_server(server, phantom, tmp_path):

@@ -4,9 +4,9 @@ import json
 
 import nibabel as nib
 import numpy as np
-from conftest import BUNDLE, run_bundle
 from scipy import ndimage
 
+from helpers import BUNDLE, run_bundle
 from scripts.networks.loading import default_model_dir
 
 DEMO = BUNDLE / "models" / "demo"
@@ -65,4 +65,6 @@ def test_demo_tumor_goes_where_it_is_asked(tmp_path):
         assert report["centroid_distance_mm"] is not None and report["centroid_distance_mm"] < 20.0, f"{side}: {report}"
         assert report["dice"] > 0.4 and report["mask_soft_tissue_fraction"] > 0.4, f"{side}: {report}"
     _, plain = _sample(tmp_path / "plain", seed=11, steps=25)
-    assert (plain[mask] > -300).mean() < reports["left"]["mask_soft_tissue_fraction"] - 0.3, "without the mask, no tumor there"
+    assert (plain[mask] > -300).mean() < reports["left"]["mask_soft_tissue_fraction"] - 0.3, (
+        "without the mask, no tumor there"
+    )

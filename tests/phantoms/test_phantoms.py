@@ -8,9 +8,9 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import BUNDLE
 from scipy import ndimage
 
+from helpers import BUNDLE
 from scripts.data.labels import LABELS
 from scripts.phantoms.thorax import draw_anatomy, render_phantom, write_phantoms
 

@@ -1,26 +1,28 @@
 """The Slicer client's logic that needs no Slicer, and the app's request rules that need no server."""
 
 import os
-import sys
 import tempfile
 
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import BUNDLE
+from synthesis_client import ras_to_voxel, request_params, save_mask
 
-APP = BUNDLE.parent / "monailabel_app"
-sys.path[:0] = [str(APP), str(APP / "slicer")]
-from synthesis_client import ras_to_voxel, request_params, save_mask  # noqa: E402
-
-from lib.app_conf import DEFAULT_BUNDLE_DIR, app_conf  # noqa: E402
-from lib.request_files import is_upload  # noqa: E402
-from lib.result import mask_payload  # noqa: E402
+from lib.app_conf import DEFAULT_BUNDLE_DIR, app_conf
+from lib.request_files import is_upload
+from lib.result import mask_payload
 
 
 def test_ras_point_becomes_the_voxel_the_server_expects():
     angle = np.deg2rad(20.0)
-    affine = np.array([[0.8 * np.cos(angle), -0.8 * np.sin(angle), 0, -120.0], [0.8 * np.sin(angle), 0.8 * np.cos(angle), 0, 40.0], [0, 0, 2.5, -300.0], [0, 0, 0, 1]])
+    affine = np.array(
+        [
+            [0.8 * np.cos(angle), -0.8 * np.sin(angle), 0, -120.0],
+            [0.8 * np.sin(angle), 0.8 * np.cos(angle), 0, 40.0],
+            [0, 0, 2.5, -300.0],
+            [0, 0, 0, 1],
+        ]
+    )
     voxel = [100.0, 37.5, 12.0]
     ras = (affine @ [*voxel, 1.0])[:3]
     assert np.allclose(ras_to_voxel(ras, np.linalg.inv(affine)), voxel)
@@ -29,7 +31,9 @@ def test_ras_point_becomes_the_voxel_the_server_expects():
 def test_request_params_hold_only_what_is_set():
     assert request_params(3, 25) == {"seed": 3, "num_inference_steps": 25, "sampler": "ddim"}
     tumor = request_params(3, 25, "ddpm", foreground=[(1, 2, 3)], tumor_diameter_mm=40)
-    assert tumor["foreground"] == [[1.0, 2.0, 3.0]] and tumor["tumor_diameter_mm"] == 40.0 and tumor["sampler"] == "ddpm"
+    assert (
+        tumor["foreground"] == [[1.0, 2.0, 3.0]] and tumor["tumor_diameter_mm"] == 40.0 and tumor["sampler"] == "ddpm"
+    )
 
 
 def test_mask_sent_by_the_server_is_the_mask_the_client_saves(tmp_path):
@@ -55,7 +59,11 @@ def test_only_the_endpoints_own_uploads_count_as_uploads(tmp_path):
             assert not is_upload(link), "a link planted in the temporary folder"
         finally:
             os.remove(link)
-        assert not is_upload(upload.name.replace(tempfile.gettempdir(), f"{tempfile.gettempdir()}/../{os.path.basename(tempfile.gettempdir())}"))
+        assert not is_upload(
+            upload.name.replace(
+                tempfile.gettempdir(), f"{tempfile.gettempdir()}/../{os.path.basename(tempfile.gettempdir())}"
+            )
+        )
     elsewhere = tmp_path / "tmpabcdefgh.nii.gz"
     elsewhere.write_bytes(b"")
     with tempfile.NamedTemporaryFile(suffix=".txt") as text:

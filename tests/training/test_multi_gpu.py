@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import BUNDLE, training_overrides
+
+from helpers import BUNDLE, training_overrides
 
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 
@@ -30,7 +31,12 @@ def torchrun(config: str, overrides: dict) -> str:
 def runs(tmp_path_factory, phantom_dir):
     """Logs of the three stages trained one after the other, one epoch each, into one checkpoint folder."""
     ckpt = tmp_path_factory.mktemp("ddp")
-    overrides = {**training_overrides(phantom_dir, ckpt), "batch_size": 1, "max_epochs": 1, "adversarial_warmup_epochs": 0}
+    overrides = {
+        **training_overrides(phantom_dir, ckpt),
+        "batch_size": 1,
+        "max_epochs": 1,
+        "adversarial_warmup_epochs": 0,
+    }
     logs = {stage: torchrun(f"train_{stage}.json", overrides) for stage in ("autoencoder", "diffusion", "controlnet")}
     return ckpt, logs
 

@@ -6,9 +6,9 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from conftest import run_bundle
-from sitk_reference import read_series_ras
 
+from helpers import run_bundle
+from helpers.sitk_reference import read_series_ras
 from scripts.data.labels import LABELS
 from scripts.dicom.export import SYNTHETIC_NOTE, export_dicom
 from scripts.dicom.ingest import ingest
@@ -59,7 +59,9 @@ def test_export_reads_with_an_independent_reader_and_marks_the_case_synthetic(ca
     assert len({s.FrameOfReferenceUID for s in slices}) == 1 and len({s.SOPInstanceUID for s in slices}) == hu.shape[2]
     rtstruct = pydicom.dcmread(out / "RTSTRUCT" / "RS.dcm")
     assert [r.ROIName for r in rtstruct.StructureSetROISequence] == ["GTV-1"]
-    referenced = {c.ContourImageSequence[0].ReferencedSOPInstanceUID for c in rtstruct.ROIContourSequence[0].ContourSequence}
+    referenced = {
+        c.ContourImageSequence[0].ReferencedSOPInstanceUID for c in rtstruct.ROIContourSequence[0].ContourSequence
+    }
     assert referenced <= {s.SOPInstanceUID for s in slices} and len(referenced) == int(mask.any(axis=(0, 1)).sum())
     assert rtstruct.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID == first.FrameOfReferenceUID
 

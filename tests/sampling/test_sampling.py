@@ -4,8 +4,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, run_bundle
 
+from helpers import TINY, run_bundle
 from scripts.data.volumes import to_hu
 from scripts.networks.loading import load_autoencoder, load_diffusion
 from scripts.sampling.sampler import LatentDiffusionSampler, make_scheduler
@@ -54,7 +54,8 @@ def test_ddpm_uses_every_training_step(sampler):
 
 
 @pytest.mark.parametrize(
-    "sampler_name, steps, match", [("euler", 10, "sampler"), ("ddim", 0, "num_inference_steps"), ("ddim", 1001, "num_inference_steps")]
+    "sampler_name, steps, match",
+    [("euler", 10, "sampler"), ("ddim", 0, "num_inference_steps"), ("ddim", 1001, "num_inference_steps")],
 )
 def test_bad_sampling_parameters_are_named(sampler_name, steps, match):
     schedule = {"num_train_timesteps": 1000, "schedule": "scaled_linear_beta", "beta_start": 0.0015, "beta_end": 0.0195}

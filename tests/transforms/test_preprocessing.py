@@ -8,11 +8,11 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import BUNDLE
 from monai.data import PersistentDataset
 from monai.data.utils import pickle_hashing
 from scipy import ndimage
 
+from helpers import BUNDLE
 from scripts.data.labels import LABELS
 from scripts.phantoms.thorax import draw_anatomy, render_phantom
 from scripts.transforms.body_mask import body_mask, table_top_row
@@ -127,7 +127,9 @@ def test_cache_is_reused_and_invalidated_by_settings(tmp_path, phantom_dir_64):
     a = first[0]["image"]
     files = set(tmp_path.iterdir())
     assert len(files) == 1
-    b = PersistentDataset(data, preprocessing_chain(32)[0], cache_dir=tmp_path, hash_transform=pickle_hashing)[0]["image"]
+    b = PersistentDataset(data, preprocessing_chain(32)[0], cache_dir=tmp_path, hash_transform=pickle_hashing)[0][
+        "image"
+    ]
     assert set(tmp_path.iterdir()) == files and np.array_equal(np.asarray(a), np.asarray(b))
     PersistentDataset(data, preprocessing_chain(16)[0], cache_dir=tmp_path, hash_transform=pickle_hashing)[0]
     assert len(set(tmp_path.iterdir())) == 2, "another grid is another cache entry"
@@ -136,9 +138,23 @@ def test_cache_is_reused_and_invalidated_by_settings(tmp_path, phantom_dir_64):
 def test_preprocess_cli_writes_hu_on_the_working_grid(tmp_path, phantom_dir_64):
     case = phantom_dir_64[1]
     done = subprocess.run(
-        [sys.executable, "-m", "scripts", "preprocess", "--image", str(case / "ct.nii.gz"), "--label", str(case / "label.nii.gz"),
-         "--out", str(tmp_path), "--grid", "32"],
-        cwd=BUNDLE, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "scripts",
+            "preprocess",
+            "--image",
+            str(case / "ct.nii.gz"),
+            "--label",
+            str(case / "label.nii.gz"),
+            "--out",
+            str(tmp_path),
+            "--grid",
+            "32",
+        ],
+        cwd=BUNDLE,
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 0, done.stderr
     ct, label = nib.load(tmp_path / "ct.nii.gz"), nib.load(tmp_path / "label.nii.gz")

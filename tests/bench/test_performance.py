@@ -10,31 +10,37 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import BUNDLE, TINY, run_bundle, train_in_process, training_overrides
+from configurations import Configuration
+from flops import count_flops, unet_step_flops
+from memory_estimate import estimate_peak_gib
 from monai.engines.utils import DiffusionPrepareBatch
 from monai.networks.nets import AutoencoderKL
 from monai.networks.schedulers import DDPMScheduler, RFlowScheduler
 
+from helpers import BUNDLE, TINY, run_bundle, train_in_process, training_overrides
 from scripts.networks.loading import load_autoencoder, load_diffusion
 from scripts.networks.schedules import controlnet_scheduler, trained_schedule, training_scheduler
 from scripts.sampling.sampler import LatentDiffusionSampler, denoise, make_scheduler
 from scripts.sampling.tiled_decoding import TiledDecoder
 from scripts.training.prepare_batch import RectifiedFlowPrepareBatch
 
-sys.path.insert(0, str(BUNDLE.parent / "bench"))
-
-from configurations import Configuration  # noqa: E402
-from flops import count_flops, unet_step_flops  # noqa: E402
-from memory_estimate import estimate_peak_gib  # noqa: E402
-
-RFLOW_SCHEDULE = {"num_train_timesteps": 1000, "use_discrete_timesteps": True, "sample_method": "logit-normal", "use_timestep_transform": False}
+RFLOW_SCHEDULE = {
+    "num_train_timesteps": 1000,
+    "use_discrete_timesteps": True,
+    "sample_method": "logit-normal",
+    "use_timestep_transform": False,
+}
 
 
 @pytest.fixture(scope="module")
 def rflow_dir(trained, phantom_dir, tmp_path_factory):
     """A model folder with the tiny autoencoder and a diffusion U-Net trained with rectified flow (configs/rflow.json)."""
     ckpt = tmp_path_factory.mktemp("rflow")
-    overrides = {**training_overrides(phantom_dir, ckpt), "autoencoder_path": str(trained.dir / "autoencoder.pt"), "max_epochs": 3}
+    overrides = {
+        **training_overrides(phantom_dir, ckpt),
+        "autoencoder_path": str(trained.dir / "autoencoder.pt"),
+        "max_epochs": 3,
+    }
     initial = train_in_process(["train_diffusion.json", "demo.json", "rflow.json"], "network", overrides)
     shutil.copy(trained.dir / "autoencoder.pt", ckpt / "autoencoder.pt")
     return ckpt, initial
@@ -84,7 +90,9 @@ def test_rectified_flow_batches_target_the_velocity():
     _, target, _, kwargs = RectifiedFlowPrepareBatch(scheduler, weighted)({"image": images})
     assert torch.equal(target[:, :3], images - kwargs["noise"]), "velocity from noise to data"
     assert torch.equal(target[:, 3:], weight), "extra target channels (loss weights) are kept"
-    assert kwargs["timesteps"].dtype == torch.long and kwargs["timesteps"].min() >= 0 and kwargs["timesteps"].max() < 1000
+    assert (
+        kwargs["timesteps"].dtype == torch.long and kwargs["timesteps"].min() >= 0 and kwargs["timesteps"].max() < 1000
+    )
     with pytest.raises(ValueError, match="RFlowScheduler"):
         RectifiedFlowPrepareBatch(DDPMScheduler(), inner)
 
@@ -104,15 +112,26 @@ def test_rflow_sampling_follows_an_exact_velocity_to_the_data():
 
 
 def test_samplers_are_refused_on_models_trained_with_another_schedule():
-    ddpm = {"num_train_timesteps": 1000, "schedule": "scaled_linear_beta", "beta_start": 0.0015, "beta_end": 0.0195, "clip_sample": False}
-    with pytest.raises(ValueError, match="sampler 'ddim' cannot sample a model trained with the 'rflow' schedule; use sampler rflow"):
+    ddpm = {
+        "num_train_timesteps": 1000,
+        "schedule": "scaled_linear_beta",
+        "beta_start": 0.0015,
+        "beta_end": 0.0195,
+        "clip_sample": False,
+    }
+    with pytest.raises(
+        ValueError, match="sampler 'ddim' cannot sample a model trained with the 'rflow' schedule; use sampler rflow"
+    ):
         make_scheduler("ddim", RFLOW_SCHEDULE, 10, schedule_type="rflow")
     with pytest.raises(ValueError, match="sampler 'rflow' cannot sample a model trained with the 'ddpm' schedule"):
         make_scheduler("rflow", ddpm, 10, schedule_type="ddpm")
     with pytest.raises(ValueError, match="noise_schedule does not fit schedule_type 'rflow'"):
         training_scheduler("rflow", ddpm)
     assert trained_schedule({}) == "ddpm", "records from before RFlow are DDPM"
-    with pytest.raises(ValueError, match="train_controlnet.json trains on a DDPM-trained diffusion model; diffusion_path holds a 'rflow' one"):
+    with pytest.raises(
+        ValueError,
+        match="train_controlnet.json trains on a DDPM-trained diffusion model; diffusion_path holds a 'rflow' one",
+    ):
         controlnet_scheduler({"schedule_type": "rflow", "noise_schedule": RFLOW_SCHEDULE})
     assert controlnet_scheduler({"noise_schedule": ddpm}).num_train_timesteps == 1000
 
@@ -132,10 +151,22 @@ def test_rflow_model_samples_through_the_inference_config(rflow_dir, trained, tm
     volumes = [np.asanyarray(nib.load(tmp_path / f"sample_seed{s}_ct.nii.gz").dataobj) for s in (1, 2)]
     assert volumes[0].shape == (TINY["grid_size"],) * 3 and volumes[0].min() >= -1000 and volumes[0].max() <= 1000
     assert np.abs(volumes[0].astype(int) - volumes[1]).mean() > 5, "other seeds give other volumes"
-    refused = run_bundle(["inference.json"], {**overrides, "output_dir": str(tmp_path / "ddim"), "sampler": "ddim"}, check=False)
-    assert refused.returncode != 0 and "cannot sample a model trained with the 'rflow' schedule" in refused.stderr + refused.stdout
-    refused = run_bundle(["inference.json"], {**overrides, "model_dir": str(trained.dir), "output_dir": str(tmp_path / "d"), "sampler": "rflow"}, check=False)
-    assert refused.returncode != 0 and "cannot sample a model trained with the 'ddpm' schedule" in refused.stderr + refused.stdout
+    refused = run_bundle(
+        ["inference.json"], {**overrides, "output_dir": str(tmp_path / "ddim"), "sampler": "ddim"}, check=False
+    )
+    assert (
+        refused.returncode != 0
+        and "cannot sample a model trained with the 'rflow' schedule" in refused.stderr + refused.stdout
+    )
+    refused = run_bundle(
+        ["inference.json"],
+        {**overrides, "model_dir": str(trained.dir), "output_dir": str(tmp_path / "d"), "sampler": "rflow"},
+        check=False,
+    )
+    assert (
+        refused.returncode != 0
+        and "cannot sample a model trained with the 'ddpm' schedule" in refused.stderr + refused.stdout
+    )
 
 
 def test_bfloat16_autocast_sampling_stays_close_to_float32(trained):
@@ -175,9 +206,41 @@ def test_memory_estimate_tracks_live_tensors():
 
 def test_cpu_benchmark_command_writes_its_tables(trained, phantom_dir, rflow_dir, tmp_path):
     tiny = [f"{k}={json.dumps(v)}" for k, v in TINY.items() if k not in ("batch_size", "num_workers", "val_interval")]
-    args = [sys.executable, str(BUNDLE.parent / "bench" / "performance.py"), "--model-dir", str(trained.dir), "--rflow-diffusion", str(rflow_dir[0] / "diffusion.pt")]
-    args += ["--reference-dir", str(phantom_dir), "--samples", "1", "--samplers", "ddpm-1000", "ddim-10", "rflow-5", "--variants", "float32", "tiled"]
-    args += ["--sizes", "thesis", "--max-batch", "1", "--train-iterations", "1", "--decode-grids", "128", "--out-dir", str(tmp_path), "--device", "cpu"]
+    args = [
+        sys.executable,
+        str(BUNDLE.parent / "bench" / "performance.py"),
+        "--model-dir",
+        str(trained.dir),
+        "--rflow-diffusion",
+        str(rflow_dir[0] / "diffusion.pt"),
+    ]
+    args += [
+        "--reference-dir",
+        str(phantom_dir),
+        "--samples",
+        "1",
+        "--samplers",
+        "ddpm-1000",
+        "ddim-10",
+        "rflow-5",
+        "--variants",
+        "float32",
+        "tiled",
+    ]
+    args += [
+        "--sizes",
+        "thesis",
+        "--max-batch",
+        "1",
+        "--train-iterations",
+        "1",
+        "--decode-grids",
+        "128",
+        "--out-dir",
+        str(tmp_path),
+        "--device",
+        "cpu",
+    ]
     args += [a for pair in tiny for a in ("--override", pair)]
     done = subprocess.run(args, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
@@ -197,14 +260,20 @@ def test_cpu_benchmark_command_writes_its_tables(trained, phantom_dir, rflow_dir
     flops = results["flops"]
     assert {(r["size"], r["call"]) for r in flops["rows"]} == {("thesis", "unet_step"), ("thesis", "decode")}
     for row in flops["rows"]:
-        assert row["fraction_of_peak"] == pytest.approx(row["gflop"] / 1e3 / row["seconds"] / flops["peak_tflops"]["float32"])
+        assert row["fraction_of_peak"] == pytest.approx(
+            row["gflop"] / 1e3 / row["seconds"] / flops["peak_tflops"]["float32"]
+        )
     predicted = {(r["size"], r["sampler"]): r for r in flops["predicted_sampling"]}
     assert predicted[("thesis", "ddpm-1000")]["steps"] == 1000 and predicted[("thesis", "rflow-5")]["steps"] == 5
 
     measured = {r["decode_tile"]: r for r in results["decoding"]["measured"]}
     assert set(measured) == {"whole", 4} and measured[4]["max_abs_hu_difference"] <= 1
     estimated = {r["decode_tile"]: r for r in results["decoding"]["estimated"]}
-    assert estimated[16]["estimated_gpu_gib"] < estimated["whole"]["estimated_gpu_gib"] < estimated["whole"]["estimated_gpu_gib_explicit_attention"]
+    assert (
+        estimated[16]["estimated_gpu_gib"]
+        < estimated["whole"]["estimated_gpu_gib"]
+        < estimated["whole"]["estimated_gpu_gib_explicit_attention"]
+    )
 
     training = results["training"]["rows"]
     assert {(r["stage"], r["batch"]) for r in training} == {(s, 1) for s in ("autoencoder", "diffusion", "controlnet")}
@@ -213,5 +282,10 @@ def test_cpu_benchmark_command_writes_its_tables(trained, phantom_dir, rflow_dir
     plain = next(r for r in options if not (r["amp"] or r["use_checkpoint"] or r["use_flash_attention"]))
     saving = next(r for r in options if r["amp"] and r["use_checkpoint"] and r["use_flash_attention"])
     assert saving["estimated_gpu_gib"] < plain["estimated_gpu_gib"]
-    for title in ("Sampling: speed and quality per sampler", "FLOPs and achieved fraction of peak", "Tiled decoding, measured", "Training: seconds per iteration"):
+    for title in (
+        "Sampling: speed and quality per sampler",
+        "FLOPs and achieved fraction of peak",
+        "Tiled decoding, measured",
+        "Training: seconds per iteration",
+    ):
         assert title in page

@@ -2,9 +2,10 @@
 
 import pytest
 import torch
-from conftest import BUNDLE
 from monai.bundle import ConfigParser
 from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
+
+from helpers import BUNDLE
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.pixel_data_handlers.numpy_handler import pack_bits
-from sitk_reference import read_series_ras
 from skimage.draw import polygon2mask
 
+from helpers.sitk_reference import read_series_ras
 from scripts.data.labels import LABELS
 from scripts.data.staging import PARTIAL_SUFFIX, staged_folder
 from scripts.dicom.grid import reorient
@@ -27,7 +27,9 @@ def test_polygon_fill_matches_skimage_with_holes_by_the_even_odd_rule():
     rng = np.random.default_rng(0)
     for _ in range(200):
         shape = (int(rng.integers(4, 50)), int(rng.integers(4, 50)))
-        polygons = [rng.uniform(-8, max(shape) + 8, size=(int(rng.integers(3, 25)), 2)) for _ in range(rng.integers(1, 4))]
+        polygons = [
+            rng.uniform(-8, max(shape) + 8, size=(int(rng.integers(3, 25)), 2)) for _ in range(rng.integers(1, 4))
+        ]
         expected = np.logical_xor.reduce([polygon2mask(shape, p) for p in polygons])
         assert np.array_equal(fill_even_odd(polygons, shape), expected)
 
@@ -43,11 +45,28 @@ def test_nested_contours_cut_a_hole_and_fill_an_island():
 @pytest.mark.parametrize(
     "name, structure",
     [
-        ("GTV-1", "gtv_1"), ("GTV1", "gtv_1"), ("gtv 1", "gtv_1"), ("GTV", "gtv_1"), ("GTV-2", "gtv_other"),
-        ("GTV-12", "gtv_other"), ("Lung-Left", "lungs"), ("Lung-Right", "lungs"), ("Lungs-Total", "lungs"),
-        ("lung_r", "lungs"), ("Heart", "heart"), ("Esophagus", "esophagus"), ("Oesophagus", "esophagus"),
-        ("Spinal-Cord", "spinal_cord"), ("SpinalCord", "spinal_cord"), ("External", "body"), ("BODY", "body"),
-        ("PTV", None), ("CTV-1", None), ("Lungs-GTV", None), ("Spinal-Cord-PRV", None), ("Heart+Lungs", None),
+        ("GTV-1", "gtv_1"),
+        ("GTV1", "gtv_1"),
+        ("gtv 1", "gtv_1"),
+        ("GTV", "gtv_1"),
+        ("GTV-2", "gtv_other"),
+        ("GTV-12", "gtv_other"),
+        ("Lung-Left", "lungs"),
+        ("Lung-Right", "lungs"),
+        ("Lungs-Total", "lungs"),
+        ("lung_r", "lungs"),
+        ("Heart", "heart"),
+        ("Esophagus", "esophagus"),
+        ("Oesophagus", "esophagus"),
+        ("Spinal-Cord", "spinal_cord"),
+        ("SpinalCord", "spinal_cord"),
+        ("External", "body"),
+        ("BODY", "body"),
+        ("PTV", None),
+        ("CTV-1", None),
+        ("Lungs-GTV", None),
+        ("Spinal-Cord-PRV", None),
+        ("Heart+Lungs", None),
     ],
 )
 def test_roi_names_map_to_structures(name, structure):
@@ -87,7 +106,12 @@ def test_bad_roi_name_files_are_refused_naming_file_and_entry(tmp_path, content,
 
 @pytest.mark.parametrize(
     "kwargs, word",
-    [({"src": "/nonexistent"}, "src"), ({"workers": 0}, "workers"), ({"prefer": "pdf"}, "prefer"), ({"test_fraction": 1.5}, "test_fraction")],
+    [
+        ({"src": "/nonexistent"}, "src"),
+        ({"workers": 0}, "workers"),
+        ({"prefer": "pdf"}, "prefer"),
+        ({"test_fraction": 1.5}, "test_fraction"),
+    ],
 )
 def test_ingest_refuses_bad_parameters(tmp_path, kwargs, word):
     with pytest.raises(ValueError, match=word):
@@ -134,7 +158,9 @@ def _crop_and_mirror_frames(path: Path, out: Path, rows: int, columns: int) -> N
     for item in dataset.PerFrameFunctionalGroupsSequence:
         plane = item.PlanePositionSequence[0]
         plane.ImagePositionPatient = [f"{v:.6f}" for v in np.asarray(plane.ImagePositionPatient, float) + move]
-    shared.PlaneOrientationSequence[0].ImageOrientationPatient = [f"{v:g}" for v in (*-orientation[:3], *orientation[3:])]
+    shared.PlaneOrientationSequence[0].ImageOrientationPatient = [
+        f"{v:g}" for v in (*-orientation[:3], *orientation[3:])
+    ]
     dataset.Rows, dataset.Columns = frames.shape[1:]
     dataset.PixelData = pack_bits(np.ascontiguousarray(frames))
     dataset.save_as(out)

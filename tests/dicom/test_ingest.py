@@ -12,11 +12,11 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from conftest import BUNDLE
 from monai.bundle import ConfigParser
 from monai.data import load_decathlon_datalist
-from sitk_reference import read_series_ras
 
+from helpers import BUNDLE
+from helpers.sitk_reference import read_series_ras
 from scripts.data.labels import LABELS, PRECEDENCE
 from scripts.data.staging import PARTIAL_SUFFIX
 from scripts.dicom.ingest import RECORD, ingest
@@ -55,7 +55,9 @@ def test_every_phantom_converts(trees):
     for report in trees.reports.values():
         assert report["summary"] == {"converted": N, "kept": 0, "excluded": 0}
         assert sorted(report["converted"]) == trees.cases
-        assert report["unmapped_roi_names"] == {} and report["unreadable_files"] == {} and report["not_dicom_files"] == []
+        assert (
+            report["unmapped_roi_names"] == {} and report["unreadable_files"] == {} and report["not_dicom_files"] == []
+        )
 
 
 def ingested_and_truth(trees, prefer: str, case: str, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -146,7 +148,9 @@ def _preprocessed(dataset_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def test_training_configs_read_an_ingested_data_set_as_a_phantom_one(trees):
-    ingested, phantoms = (json.loads((folder / "datalist.json").read_text()) for folder in (trees.root / "rtstruct", trees.nifti))
+    ingested, phantoms = (
+        json.loads((folder / "datalist.json").read_text()) for folder in (trees.root / "rtstruct", trees.nifti)
+    )
     assert ingested == phantoms, "same cases, same seeded split, same entry format"
     from_dicom, from_nifti = _preprocessed(trees.root / "rtstruct"), _preprocessed(trees.nifti)
     assert sorted(from_dicom) == sorted(from_nifti) and from_dicom
@@ -163,7 +167,9 @@ def test_cli_writes_a_dicom_tree_and_ingests_it_with_two_workers(tmp_path):
         ["ingest", "--src", str(tmp_path / "dicom"), "--dst", str(tmp_path / "cases"), "--workers", "2"],
     )
     for command in commands:
-        done = subprocess.run([sys.executable, "-m", "scripts", *command], cwd=BUNDLE, env=env, capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "scripts", *command], cwd=BUNDLE, env=env, capture_output=True, text=True
+        )
         assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "cases" / "report.json").read_text())
     assert report["summary"] == {"converted": 2, "kept": 0, "excluded": 0}

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import TINY
-from corrupt import CORRUPTIONS, preprocessed_phantoms
 from monai.data import MetaTensor
 from monai.metrics import MultiScaleSSIMMetric
 
+from helpers import TINY
+from helpers.corrupt import CORRUPTIONS, preprocessed_phantoms
 from scripts.bundle_config import load_bundle_config
 from scripts.evaluation.autoencoder import Reconstructor
 from scripts.evaluation.distances import fid_2p5d, mmd
@@ -80,7 +80,9 @@ def test_mmd_of_real_phantoms_is_below_every_corruption(distances):
 def test_mmd_takes_sets_of_different_sizes():
     rng = np.random.default_rng(0)
     same = mmd(torch.as_tensor(rng.normal(size=(5, 1, 8, 8, 8))), torch.as_tensor(rng.normal(size=(9, 1, 8, 8, 8))))
-    shifted = mmd(torch.as_tensor(rng.normal(size=(5, 1, 8, 8, 8)) + 0.5), torch.as_tensor(rng.normal(size=(9, 1, 8, 8, 8))))
+    shifted = mmd(
+        torch.as_tensor(rng.normal(size=(5, 1, 8, 8, 8)) + 0.5), torch.as_tensor(rng.normal(size=(9, 1, 8, 8, 8)))
+    )
     assert abs(same) < 0.05 and abs(shifted - 0.25) < 0.05, "per-voxel MMD of a mean shift d is about d^2"
     with pytest.raises(ValueError, match="at least two volumes"):
         mmd(torch.zeros(1, 1, 8, 8, 8), torch.zeros(4, 1, 8, 8, 8))
@@ -91,7 +93,9 @@ def test_autoencoder_features_are_latent_slices(trained, features, two_sets):
     found = features(image)
     latent = GRID // 4
     assert list(found) == list(AXES)
-    assert all(tuple(f.shape) == (latent, 3 * latent * latent) for f in found.values()), "pooling a latent slice to its own size keeps it"
+    assert all(tuple(f.shape) == (latent, 3 * latent * latent) for f in found.values()), (
+        "pooling a latent slice to its own size keeps it"
+    )
     assert "autoencoder" in features.name
     assert torch.equal(found["axial"], features(image)["axial"]), "features are deterministic"
 
@@ -139,7 +143,9 @@ def test_diversity_is_one_for_copies_and_near_zero_for_independent_noise(similar
     noise = torch.rand((4, 1, 32, 32, 32), generator=generator) * 2 - 1
     copies = noise[:1].repeat(3, 1, 1, 1, 1)
     alike = diversity(copies, ssim, ms_ssim)
-    assert alike["ssim_diversity"] == pytest.approx(1.0, abs=1e-4) and alike["ms_ssim_diversity"] == pytest.approx(1.0, abs=1e-4)
+    assert alike["ssim_diversity"] == pytest.approx(1.0, abs=1e-4) and alike["ms_ssim_diversity"] == pytest.approx(
+        1.0, abs=1e-4
+    )
     diverse = diversity(noise, ssim, ms_ssim)
     assert abs(diverse["ssim_diversity"]) < 0.05 and diverse["ms_ssim_diversity"] < 0.2
     assert diverse["diversity_pairs"] == 6

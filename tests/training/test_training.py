@@ -5,9 +5,9 @@ import shutil
 
 import pytest
 import torch
-from conftest import TINY, run_bundle, train_in_process, training_overrides
 from monai.networks.nets import AutoencoderKL, PatchDiscriminator
 
+from helpers import TINY, run_bundle, train_in_process, training_overrides
 from scripts.networks.loading import load_autoencoder, load_diffusion, trainable_autoencoder
 from scripts.training.engines import AutoencoderTrainer
 from scripts.training.latents import SampleLatentd, scale_factor
@@ -55,7 +55,9 @@ def test_decoder_fine_tune_keeps_the_encoder_and_writes_its_own_file(trained, tm
     """finetune_decoder.json: the latents (and so the diffusion and ControlNet) stay valid, the original stays."""
     shutil.copy(trained.dir / "autoencoder.pt", tmp_path / "autoencoder.pt")
     overrides = {**training_overrides(phantom_dir, tmp_path), "max_epochs": 1}
-    initial = train_in_process(["train_autoencoder.json", "demo.json", "finetune_decoder.json"], "autoencoder", overrides)
+    initial = train_in_process(
+        ["train_autoencoder.json", "demo.json", "finetune_decoder.json"], "autoencoder", overrides
+    )
     original = load_autoencoder(tmp_path / "autoencoder.pt").state_dict()
     assert all(torch.equal(initial[k], original[k]) for k in original), "training starts from autoencoder_init_path"
     checkpoint = torch.load(tmp_path / "autoencoder_finetuned.pt", weights_only=True)
@@ -65,7 +67,9 @@ def test_decoder_fine_tune_keeps_the_encoder_and_writes_its_own_file(trained, tm
     assert all(torch.equal(tuned[k], original[k]) for k in encoder)
     assert sum(not torch.equal(tuned[k], original[k]) for k in decoder) / len(decoder) > 0.9
     assert checkpoint["autoencoder_record"]["tumor_loss_weight"] == 20.0
-    assert [p.name for p in training_checkpoints(tmp_path, "autoencoder_finetuned")] == ["autoencoder_finetuned_checkpoint_epoch=1.pt"]
+    assert [p.name for p in training_checkpoints(tmp_path, "autoencoder_finetuned")] == [
+        "autoencoder_finetuned_checkpoint_epoch=1.pt"
+    ]
 
 
 def test_autoencoder_trainer_weighs_the_l1_inside_the_tumor():
@@ -148,18 +152,33 @@ def test_resume_disabled_starts_over(tmp_path):
 def test_missing_autoencoder_is_a_clear_error(tmp_path, phantom_dir):
     done = run_bundle(
         ["train_diffusion.json", "demo.json"],
-        {**TINY, "dataset_dir": str(phantom_dir), "ckpt_dir": str(tmp_path), "cache_dir": str(tmp_path), "max_epochs": 1},
+        {
+            **TINY,
+            "dataset_dir": str(phantom_dir),
+            "ckpt_dir": str(tmp_path),
+            "cache_dir": str(tmp_path),
+            "max_epochs": 1,
+        },
         check=False,
     )
     assert done.returncode != 0
     assert f"checkpoint not found: {tmp_path}/autoencoder.pt" in done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("bad", [{"adversarial_warmup_epochs": -1}, {"tumor_loss_weight": 0.5}, {"train_encoder": False}])
+@pytest.mark.parametrize(
+    "bad", [{"adversarial_warmup_epochs": -1}, {"tumor_loss_weight": 0.5}, {"train_encoder": False}]
+)
 def test_bad_training_parameter_is_named(tmp_path, phantom_dir, bad):
     done = run_bundle(
         ["train_autoencoder.json", "demo.json"],
-        {**TINY, "dataset_dir": str(phantom_dir), "ckpt_dir": str(tmp_path), "cache_dir": str(tmp_path), "max_epochs": 1, **bad},
+        {
+            **TINY,
+            "dataset_dir": str(phantom_dir),
+            "ckpt_dir": str(tmp_path),
+            "cache_dir": str(tmp_path),
+            "max_epochs": 1,
+            **bad,
+        },
         check=False,
     )
     assert done.returncode != 0 and next(iter(bad)) in done.stdout + done.stderr

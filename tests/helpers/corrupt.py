@@ -99,6 +99,8 @@ CORRUPTIONS: dict[str, Callable] = {
 def write_volumes(volumes: list[np.ndarray], spacing, folder: Path, prefix: str) -> list[Path]:
     """Write HU volumes as samples are written: `<prefix>_<i>_ct.nii.gz`, int16, centred affine."""
     return [
-        write_nifti(np.round(v).astype(np.int16), centred_affine(v.shape, spacing), folder / f"{prefix}_{i:02d}_ct.nii.gz")
+        write_nifti(
+            np.round(v).astype(np.int16), centred_affine(v.shape, spacing), folder / f"{prefix}_{i:02d}_ct.nii.gz"
+        )
         for i, v in enumerate(volumes)
     ]

@@ -101,7 +101,12 @@ def lift_gtv(by_mm: float) -> Callable[[pydicom.Dataset], None]:
 def shift_slices(files: list[Path], shift: Callable[[int], np.ndarray]) -> None:
     """Move slice k's ImagePositionPatient by shift(k) mm."""
     for k, path in enumerate(files):
-        edit(path, lambda d, k=k: setattr(d, "ImagePositionPatient", [float(v) for v in np.add(d.ImagePositionPatient, shift(k))]))
+        edit(
+            path,
+            lambda d, k=k: setattr(
+                d, "ImagePositionPatient", [float(v) for v in np.add(d.ImagePositionPatient, shift(k))]
+            ),
+        )
 
 
 def break_tree(root: Path) -> dict[str, str]:
@@ -142,7 +147,11 @@ def break_tree(root: Path) -> dict[str, str]:
     for roi in structure_set.StructureSetROISequence:
         roi.ReferencedFrameOfReferenceUID = small.FrameOfReferenceUID
     structure_set.save_as(root / "small" / "rtstruct.dcm")
-    return {"truncated": str(truncated), "missing_neighbour": str(f["PHANTOM-008"]["CT"][3]), "duplicate": str(duplicate)}
+    return {
+        "truncated": str(truncated),
+        "missing_neighbour": str(f["PHANTOM-008"]["CT"][3]),
+        "duplicate": str(duplicate),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -167,12 +176,16 @@ def label_of(run, case: str) -> np.ndarray:
 
 
 def test_each_patient_gets_its_outcome_and_the_others_still_convert(run):
-    statuses = {case: "converted" for case in run.report["converted"]} | {case: "excluded" for case in run.report["excluded"]}
+    statuses = {case: "converted" for case in run.report["converted"]} | {
+        case: "excluded" for case in run.report["excluded"]
+    }
     assert statuses == {case: status for case, (_, status) in CASES.items()}
     datalist = json.loads((run.root / "cases" / "datalist.json").read_text())
     listed = sorted(e["case"] for split in datalist.values() for e in split)
     assert listed == sorted(case for case, (_, status) in CASES.items() if status == "converted")
-    assert sorted(p.name for p in (run.root / "cases").iterdir() if p.is_dir()) == listed, "no folder for excluded patients"
+    assert sorted(p.name for p in (run.root / "cases").iterdir() if p.is_dir()) == listed, (
+        "no folder for excluded patients"
+    )
 
 
 def test_non_dicom_files_are_ignored(run):
@@ -247,9 +260,15 @@ def test_a_user_roi_map_maps_the_unknown_name(run, tmp_path):
     shutil.copytree(run.root / "dicom" / "PHANTOM-007", tmp_path / "dicom" / "PHANTOM-007")
     extra = tmp_path / "names.json"
     extra.write_text(json.dumps({"patterns": {"esophagus": ["foo bar [0-9]+"]}}))
-    report = json.loads(Path(ingest(str(tmp_path / "dicom"), str(tmp_path / "cases"), workers=1, roi_map=str(extra))).read_text())
-    assert report["unmapped_roi_names"] == {} and report["converted"]["PHANTOM-007"]["structures"]["esophagus"]["rois"] == ["Foo-Bar 7"]
-    assert (np.asanyarray(nib.load(tmp_path / "cases" / "PHANTOM-007" / "label.nii.gz").dataobj) == LABELS["esophagus"]).any()
+    report = json.loads(
+        Path(ingest(str(tmp_path / "dicom"), str(tmp_path / "cases"), workers=1, roi_map=str(extra))).read_text()
+    )
+    assert report["unmapped_roi_names"] == {} and report["converted"]["PHANTOM-007"]["structures"]["esophagus"][
+        "rois"
+    ] == ["Foo-Bar 7"]
+    assert (
+        np.asanyarray(nib.load(tmp_path / "cases" / "PHANTOM-007" / "label.nii.gz").dataobj) == LABELS["esophagus"]
+    ).any()
 
 
 def test_empty_patient_id_takes_the_folder_name(run):
