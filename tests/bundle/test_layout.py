@@ -78,3 +78,19 @@ def test_configs_are_json_with_four_space_indents():
         if p.read_text() != json.dumps(json.loads(p.read_text()), indent=4, ensure_ascii=False) + "\n"
     ]
     assert configs and unformatted == []
+
+
+def test_no_config_macro_points_at_another_macro():
+    """`load_bundle_config` (the MONAI Label app's loader) makes each file's own macros absolute, not those of macro targets."""
+    configs = SCRIPTS.parent / "configs"
+    chains = []
+    for path in sorted(configs.glob("*.json")):
+        for key, value in json.loads(path.read_text()).items():
+            if isinstance(value, str) and value.startswith("%configs/"):
+                target_file, target_id = value[len("%configs/") :].split("#", 1)
+                target = json.loads((configs / target_file).read_text())
+                for part in target_id.split("#"):
+                    target = target[int(part)] if isinstance(target, list) else target[part]
+                if isinstance(target, str) and target.startswith("%"):
+                    chains.append(f"{path.name}#{key} -> {value} -> {target}")
+    assert chains == []
