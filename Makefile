@@ -9,7 +9,7 @@ SAMPLES ?= 2
 SEED ?= 0
 STEPS ?= 25
 
-.PHONY: sample test lint demo-weights rflow-demo
+.PHONY: sample test lint train demo-weights rflow-demo
 
 $(VENV)/.installed: requirements.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -32,32 +32,48 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 
-## Rebuild the shipped demo weights in bundle/models/demo from phantoms (about 3.5 hours on a 2-core CPU):
-## autoencoder, then its decoder fine-tuned to draw tumors; diffusion; ControlNet, then two tumor-weighted
-## fine-tunes (learning rate 5e-4, then 1e-4 to settle).
-## Each stage trains in a folder of bundle/runs/ (resumable: run it again after an interruption).
-DEMO_RUN = cd bundle && $(PY) -m monai.bundle run
+## Train every stage in order on DATA (a folder with datalist.json, from `ingest` or `phantoms`): the autoencoder,
+## its decoder fine-tuned to draw tumors, the diffusion U-Net, the tumor ControlNet. CONFIG names overlays of
+## configs/ (CONFIG=highres for 512 x 512 x 128; CONFIG=demo; none: the thesis configuration); <STAGE>_ARGS add
+## overrides per stage. Each stage resumes after an interruption and is skipped once its final weights exist;
+## the weights to sample with are gathered in $(RUNS)/model.
+comma := ,
+empty :=
+space := $(empty) $(empty)
+DATA ?= $(CURDIR)/bundle/data
+CONFIG ?=
+RUNS ?= $(CURDIR)/bundle/runs/$(or $(subst $(space),-,$(strip $(CONFIG))),thesis)
+configs = "[$(subst $(space),$(comma),$(foreach c,$(1) $(CONFIG) $(2),'configs/$(c).json'))]"
+BUNDLE_RUN = cd bundle && $(PY) -m monai.bundle run
+STAGE = $(BUNDLE_RUN) --dataset_dir $(DATA) --ckpt_dir $(RUNS)
+train: $(VENV)/.installed
+	test -f $(RUNS)/autoencoder.pt || ($(STAGE) --config_file $(call configs,train_autoencoder) \
+		--log_dir $(RUNS)/log/autoencoder $(AUTOENCODER_ARGS))
+	test -f $(RUNS)/autoencoder_finetuned.pt || ($(STAGE) --config_file $(call configs,train_autoencoder,finetune_decoder) \
+		--log_dir $(RUNS)/log/autoencoder_finetuned $(FINETUNE_ARGS))
+	test -f $(RUNS)/diffusion.pt || ($(STAGE) --config_file $(call configs,train_diffusion) \
+		--log_dir $(RUNS)/log/diffusion $(DIFFUSION_ARGS))
+	test -f $(RUNS)/controlnet.pt || ($(STAGE) --config_file $(call configs,train_controlnet) \
+		--log_dir $(RUNS)/log/controlnet $(CONTROLNET_ARGS))
+	mkdir -p $(RUNS)/model
+	cp $(RUNS)/autoencoder_finetuned.pt $(RUNS)/model/autoencoder.pt
+	cp $(RUNS)/diffusion.pt $(RUNS)/controlnet.pt $(RUNS)/model/
+	@echo "Trained weights are in $(RUNS)/model: sample with --model_dir $(RUNS)/model"
+
+## Rebuild the shipped demo weights in bundle/models/demo from 48 phantoms at 128^3 with `make train CONFIG=demo`
+## (resumable: run it again after an interruption).
+DEMO_DATA = $(CURDIR)/bundle/data/phantoms
 demo-weights: $(VENV)/.installed
-	cd bundle && $(PY) -m scripts phantoms --out data/phantoms --n 48 --size 128 --seed 0
-	$(DEMO_RUN) --config_file "['configs/train_autoencoder.json','configs/demo.json']" --ckpt_dir runs/demo --log_dir runs/demo/autoencoder
-	$(DEMO_RUN) --config_file "['configs/train_autoencoder.json','configs/demo.json','configs/finetune_decoder.json']" --ckpt_dir runs/demo \
-		--log_dir runs/demo/autoencoder_finetuned
-	$(DEMO_RUN) --config_file "['configs/train_diffusion.json','configs/demo.json']" --ckpt_dir runs/demo --log_dir runs/demo/diffusion \
-		--batch_size 8 --max_epochs 300 --val_interval 25
-	$(DEMO_RUN) --config_file "['configs/train_controlnet.json','configs/demo.json']" --ckpt_dir runs/demo --log_dir runs/demo/controlnet \
-		--batch_size 8 --max_epochs 160 --val_interval 25
-	$(DEMO_RUN) --config_file "['configs/train_controlnet.json','configs/demo.json']" --ckpt_dir runs/demo_controlnet_ft \
-		--autoencoder_path runs/demo/autoencoder.pt --diffusion_path runs/demo/diffusion.pt --controlnet_init_path runs/demo/controlnet.pt \
-		--learning_rate 0.0005 --tumor_loss_weight 20.0 --batch_size 8 --max_epochs 30 --val_interval 25 --log_dir runs/demo_controlnet_ft/log
-	$(DEMO_RUN) --config_file "['configs/train_controlnet.json','configs/demo.json']" --ckpt_dir runs/demo_controlnet_ft2 \
-		--autoencoder_path runs/demo/autoencoder.pt --diffusion_path runs/demo/diffusion.pt --controlnet_init_path runs/demo_controlnet_ft/controlnet.pt \
-		--learning_rate 0.0001 --tumor_loss_weight 20.0 --batch_size 8 --max_epochs 10 --val_interval 5 --log_dir runs/demo_controlnet_ft2/log
-	cp bundle/runs/demo/autoencoder_finetuned.pt bundle/models/demo/autoencoder.pt
-	cp bundle/runs/demo/diffusion.pt bundle/runs/demo_controlnet_ft2/controlnet.pt bundle/models/demo/
+	test -f $(DEMO_DATA)/datalist.json || (cd bundle && $(PY) -m scripts phantoms --out $(DEMO_DATA) --n 48 --size 128 --seed 0)
+	$(MAKE) train DATA=$(DEMO_DATA) CONFIG=demo RUNS=$(CURDIR)/bundle/runs/demo \
+		AUTOENCODER_ARGS="--max_epochs 120 --val_interval 10" \
+		DIFFUSION_ARGS="--batch_size 8 --max_epochs 300 --val_interval 25" \
+		CONTROLNET_ARGS="--batch_size 8 --max_epochs 200 --val_interval 25 --tumor_loss_weight 20.0"
+	cp bundle/runs/demo/model/*.pt bundle/models/demo/
 
 ## A rectified-flow U-Net on the shipped demo autoencoder, for the benchmark's RFlow rows (not shipped):
 ## bundle/runs/demo_rflow/diffusion.pt (100 epochs: about 11 minutes on a 2-core CPU, 75 s on an H200).
 rflow-demo: $(VENV)/.installed
 	test -f bundle/data/phantoms/datalist.json || (cd bundle && $(PY) -m scripts phantoms --out data/phantoms --n 48 --size 128 --seed 0)
-	$(DEMO_RUN) --config_file "['configs/train_diffusion.json','configs/demo.json','configs/rflow.json']" --ckpt_dir runs/demo_rflow \
+	$(BUNDLE_RUN) --config_file "['configs/train_diffusion.json','configs/demo.json','configs/rflow.json']" --ckpt_dir runs/demo_rflow \
 		--autoencoder_path models/demo/autoencoder.pt --log_dir runs/demo_rflow/log --batch_size 8 --max_epochs 100 --val_interval 25

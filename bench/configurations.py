@@ -1,7 +1,8 @@
-"""The network configurations the performance benchmarks measure: the demo and thesis sizes, read from the bundle's configs.
+"""The network configurations the performance benchmarks measure: the demo, thesis and high-resolution sizes, read from the bundle's configs.
 
 A configuration is the training configs with overlays (`demo.json` for the demo size, none for the
-thesis) and optional overrides (tests shrink the networks with them). Untrained networks of a
+thesis, `highres.json` for 512 x 512 x 128 and, on a 256^3 grid, for `highres-256`) and optional
+overrides (tests shrink the networks with them). Untrained networks of a
 configuration, and the record a trained diffusion checkpoint would carry, come from the same keys
 the training workflows read, so the benchmark measures what training builds.
 """
@@ -23,9 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
 from scripts.bundle_config import load_bundle_config  # noqa: E402
 from scripts.networks.controlnet import controlnet_kwargs  # noqa: E402
 from scripts.networks.loading import INFERENCE_OPTIONS  # noqa: E402
+from scripts.transforms.patches import patch_shape  # noqa: E402
 
 #: Overlays of each benchmarked size.
-SIZES = {"demo": ["demo.json"], "thesis": []}
+SIZES = {"demo": ["demo.json"], "thesis": [], "highres": ["highres.json"], "highres-256": ["highres.json"]}
+
+#: Overrides of the sizes that are another size's networks on another grid (under any given overrides).
+SIZE_OVERRIDES = {"highres-256": {"grid_size": 256}}
 
 #: Overlays that switch the diffusion stage to each training schedule.
 SCHEDULE_OVERLAYS = {"ddpm": [], "rflow": ["rflow.json"]}
@@ -68,6 +73,17 @@ class Configuration:
         """The working grid of this configuration."""
         return list(self.parser("train_diffusion.json").get_parsed_content("image_size"))
 
+    @property
+    def grid(self) -> str:
+        """The working grid as a label: `512x512x128`."""
+        return "x".join(str(n) for n in self.image_size)
+
+    @cached_property
+    def patch_size(self) -> list[int]:
+        """The autoencoder's training crop: `patch_size` of train_autoencoder.json, or the whole grid where it is null."""
+        patch = self.parser("train_autoencoder.json").get_parsed_content("patch_size")
+        return self.image_size if patch is None else patch_shape(patch)
+
     @cached_property
     def latent_shape(self) -> list[int]:
         """Latent (channels, X, Y, Z) of one image: the autoencoder halves the grid at every level but the first."""
@@ -101,4 +117,4 @@ def configurations(names: list[str], overrides: dict[str, Any]) -> list[Configur
     unknown = sorted(set(names) - set(SIZES))
     if unknown:
         raise ValueError(f"--sizes must be among {sorted(SIZES)}, got {unknown}")
-    return [Configuration(n, list(SIZES[n]), dict(overrides)) for n in names]
+    return [Configuration(n, list(SIZES[n]), {**SIZE_OVERRIDES.get(n, {}), **overrides}) for n in names]

@@ -82,7 +82,7 @@ def flops_rows(
         rows.append(
             {
                 "size": config.name,
-                "grid": config.image_size[0],
+                "grid": config.grid,
                 "call": name,
                 "precision": precision,
                 "gflop": count / 1e9,

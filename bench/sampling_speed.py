@@ -197,7 +197,7 @@ def predicted_rows(config: Configuration, specs: Sequence[str], seconds: dict[st
         rows.append(
             {
                 "size": config.name,
-                "grid": config.image_size[0],
+                "grid": config.grid,
                 "sampler": spec,
                 "steps": steps,
                 "predicted_seconds_per_volume": steps * seconds["unet_step"] + seconds["decode"],

@@ -14,13 +14,14 @@ import gc
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
 from configurations import Configuration
 from ignite.engine import Events
 from measure import PeakMemory, synchronize
-from memory_estimate import estimate_peak_gib, mixed_precision, state_tensors
+from memory_estimate import Work, estimate, mixed_precision, state_tensors
 from monai.engines import Trainer
 from monai.networks.nets import AutoencoderKL, ControlNet, DiffusionModelUNet, PatchDiscriminator
 
@@ -52,10 +53,10 @@ class RepeatedBatch:
 
 
 def synthetic_batch(config: Configuration, stage: str, batch_size: int) -> dict[str, torch.Tensor]:
-    """A batch shaped as the stage's data: images in [-1, 1], or latents (with a tumor mask for the ControlNet)."""
+    """A batch shaped as the stage's data: image patches in [-1, 1], or whole latents (with a tumor mask for the ControlNet)."""
     generator = torch.Generator().manual_seed(0)
-    if stage == "autoencoder":
-        return {"image": torch.rand((batch_size, 1, *config.image_size), generator=generator) * 2 - 1}
+    if stage == "autoencoder":  # the training crops (the whole grid without patch_size)
+        return {"image": torch.rand((batch_size, 1, *config.patch_size), generator=generator) * 2 - 1}
     batch = {"image": torch.randn((batch_size, *config.latent_shape), generator=generator)}
     if stage == "controlnet":
         condition = torch.zeros((batch_size, len(CONDITION_CHANNELS), *config.image_size))
@@ -114,15 +115,16 @@ def measure_iterations(
     }
 
 
-def autoencoder_step_estimate(config: Configuration, batch_size: int, amp: bool, **network_options: Any) -> float:
-    """Estimated GPU GiB of one VAE-GAN iteration (generator and discriminator updates) with `network_options` for AutoencoderKL."""
+def autoencoder_step_work(config: Configuration, batch_size: int, amp: bool, **network_options: Any) -> Work:
+    """One VAE-GAN iteration (generator and discriminator updates) on a batch of training patches, with `network_options` for AutoencoderKL."""
     discriminator_kwargs = config.parser("train_autoencoder.json").get_parsed_content("discriminator_kwargs")
 
-    def setup() -> dict[str, Any]:
-        autoencoder = AutoencoderKL(**{**config.autoencoder_kwargs, **network_options})
-        discriminator = PatchDiscriminator(**discriminator_kwargs)
+    def setup(device: torch.device) -> dict[str, Any]:
+        with device:
+            autoencoder = AutoencoderKL(**{**config.autoencoder_kwargs, **network_options})
+            discriminator = PatchDiscriminator(**discriminator_kwargs)
         optimizers = [torch.optim.Adam(autoencoder.parameters()), torch.optim.Adam(discriminator.parameters())]
-        images = synthetic_batch(config, "autoencoder", batch_size)["image"]
+        images = synthetic_batch(config, "autoencoder", batch_size)["image"].to(device)
         return {
             "networks": [autoencoder, discriminator],
             "optimizers": optimizers,
@@ -132,30 +134,31 @@ def autoencoder_step_estimate(config: Configuration, batch_size: int, amp: bool,
 
     def step(s: dict[str, Any]) -> None:
         (autoencoder, discriminator), (g_optimizer, d_optimizer), images = s["networks"], s["optimizers"], s["images"]
-        with mixed_precision(amp):
+        with training_precision(amp, images.device):
             reconstruction, z_mu, z_sigma = autoencoder(images)
             terms = s["loss"].generator(images, reconstruction, z_mu, z_sigma, discriminator(reconstruction)[-1])
         _update(terms["total"], g_optimizer)
-        with mixed_precision(amp):
+        with training_precision(amp, images.device):
             logits = discriminator(torch.cat([reconstruction.detach(), images]))[-1]
             d_loss = s["loss"].discriminator(*logits.split(len(images)))
         _update(d_loss, d_optimizer)
 
-    return estimate_peak_gib(setup, step, lambda s: [*state_tensors(s["networks"], s["optimizers"]), s["images"]])
+    return Work(setup, step, lambda s: [*state_tensors(s["networks"], s["optimizers"]), s["images"]])
 
 
-def noise_step_estimate(config: Configuration, stage: str, batch_size: int, amp: bool) -> float:
-    """Estimated GPU GiB of one noise-prediction iteration of the diffusion U-Net, or of the ControlNet on the frozen U-Net."""
+def noise_step_work(config: Configuration, stage: str, batch_size: int, amp: bool) -> Work:
+    """One noise-prediction iteration of the diffusion U-Net, or of the ControlNet on the frozen U-Net."""
 
-    def setup() -> dict[str, Any]:
-        unet = DiffusionModelUNet(**config.diffusion_kwargs)
-        trained: torch.nn.Module = unet
-        network: torch.nn.Module = unet
-        if stage == "controlnet":
-            unet.requires_grad_(False)
-            trained = ControlNet(**config.controlnet_kwargs)
-            network = ControlledUNet(unet, trained)
-        batch = synthetic_batch(config, stage, batch_size)
+    def setup(device: torch.device) -> dict[str, Any]:
+        with device:
+            unet = DiffusionModelUNet(**config.diffusion_kwargs)
+            trained: torch.nn.Module = unet
+            network: torch.nn.Module = unet
+            if stage == "controlnet":
+                unet.requires_grad_(False)
+                trained = ControlNet(**config.controlnet_kwargs)
+                network = ControlledUNet(unet, trained)
+        batch = {k: v.to(device) for k, v in synthetic_batch(config, stage, batch_size).items()}
         return {
             "network": network,
             "trained": trained,
@@ -166,15 +169,30 @@ def noise_step_estimate(config: Configuration, stage: str, batch_size: int, amp:
     def step(s: dict[str, Any]) -> None:
         images = s["batch"]["image"]
         noise = torch.randn_like(images)
-        timesteps = torch.randint(0, 1000, (len(images),))
+        timesteps = torch.randint(0, 1000, (len(images),), device=images.device)
         condition = {"context": s["batch"]["condition"]} if stage == "controlnet" else {}
-        with mixed_precision(amp):
+        with training_precision(amp, images.device):
             prediction = s["network"](images + noise, timesteps=timesteps, **condition)
         _update(torch.nn.functional.mse_loss(prediction.float(), noise), s["optimizer"])
 
-    return estimate_peak_gib(
-        setup, step, lambda s: [*state_tensors([s["network"]], [s["optimizer"]]), *s["batch"].values()]
-    )
+    return Work(setup, step, lambda s: [*state_tensors([s["network"]], [s["optimizer"]]), *s["batch"].values()])
+
+
+def training_precision(amp: bool, device: torch.device) -> AbstractContextManager:
+    """The trainers' AMP (float16 autocast) on `device`, or nothing."""
+    return mixed_precision(torch.float16 if amp else None, device.type)
+
+
+def training_work(config: Configuration, stage: str, batch_size: int, amp: bool) -> Work:
+    """One iteration of `stage` at `batch_size`, with or without AMP."""
+    if stage == "autoencoder":
+        return autoencoder_step_work(config, batch_size, amp)
+    return noise_step_work(config, stage, batch_size, amp)
+
+
+def configured_amp(config: Configuration, stage: str) -> bool:
+    """Whether `stage`'s workflow config turns AMP on (the trainers use it on CUDA only)."""
+    return bool(config.parser(STAGES[stage]).get_parsed_content("amp"))
 
 
 def _update(loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
@@ -186,10 +204,8 @@ def _update(loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
 
 def step_estimate(config: Configuration, stage: str, batch_size: int, device: torch.device) -> float:
     """Estimated GiB of live tensors in one iteration of `stage` on `device` (AMP as configured, on CUDA only, as the trainers do)."""
-    amp = bool(config.parser(STAGES[stage]).get_parsed_content("amp")) and device.type == "cuda"
-    if stage == "autoencoder":
-        return autoencoder_step_estimate(config, batch_size, amp)
-    return noise_step_estimate(config, stage, batch_size, amp)
+    amp = configured_amp(config, stage) and device.type == "cuda"
+    return estimate(training_work(config, stage, batch_size, amp)).peak_gib
 
 
 def batch_sizes(max_batch: int) -> list[int]:
@@ -227,7 +243,7 @@ def batch_rows(
         row = {
             "stage": stage,
             "size": config.name,
-            "grid": config.image_size[0],
+            "grid": config.grid,
             "settings": settings,
             "batch": batch,
             "estimated_gib": estimate,
@@ -255,7 +271,7 @@ def autoencoder_memory_options(config: Configuration, batch_size: int = 1) -> li
     for amp in (False, True):
         for checkpoint in (False, True):
             for flash in (False, True):
-                gib = autoencoder_step_estimate(
+                work = autoencoder_step_work(
                     config, batch_size, amp, use_checkpoint=checkpoint, use_flash_attention=flash
                 )
                 rows.append(
@@ -265,7 +281,7 @@ def autoencoder_memory_options(config: Configuration, batch_size: int = 1) -> li
                         "amp": amp,
                         "use_checkpoint": checkpoint,
                         "use_flash_attention": flash,
-                        "estimated_gpu_gib": gib,
+                        "estimated_gpu_gib": estimate(work).peak_gib,
                     }
                 )
     return rows

@@ -26,7 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
 
 from monai.data import load_decathlon_datalist  # noqa: E402
 
-from scripts.bundle_config import load_bundle_config  # noqa: E402
 from scripts.data.volumes import to_hu  # noqa: E402
 from scripts.evaluation.adherence import tumor_adherence  # noqa: E402
 from scripts.evaluation.report import markdown_table  # noqa: E402
@@ -34,6 +33,7 @@ from scripts.networks.loading import load_autoencoder, load_controlnet, load_dif
 from scripts.sampling.sampler import LatentDiffusionSampler  # noqa: E402
 from scripts.sampling.tumor_request import mask_from_centre  # noqa: E402
 from scripts.transforms.conditioning import tumor_condition  # noqa: E402
+from scripts.transforms.preprocess import preprocessing_chain  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Default requested centres: both lungs, upper and lower, in the demo grid's frame.
@@ -62,10 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def reconstruction_rows(sampler: LatentDiffusionSampler, dataset_dir: Path, cases: int) -> list[dict]:
     """Per training case: GTV voxels above TISSUE_HU in the preprocessed CT and in the autoencoder's reconstruction of it."""
     record = sampler.record
-    parser = load_bundle_config(
-        ["train_autoencoder.json"], {"grid_size": record["image_size"][0], "dataset_dir": str(dataset_dir)}
-    )
-    preprocessing = parser.get_parsed_content("preprocessing")
+    preprocessing = preprocessing_chain(record["image_size"])[0]
     rows = []
     for item in load_decathlon_datalist(str(dataset_dir / "datalist.json"), True, "training")[:cases]:
         data = preprocessing(item)

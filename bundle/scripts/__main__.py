@@ -17,7 +17,7 @@ from scripts.transforms.preprocess import preprocess_case
 def phantoms(
     out: str,
     n: int = 8,
-    size: int = 128,
+    size: int | list[int] = 128,
     seed: int = 0,
     val_fraction: float = 0.1,
     test_fraction: float = 0.05,
@@ -28,7 +28,8 @@ def phantoms(
     Args:
         out: output folder; existing case folders are kept, never overwritten.
         n: number of cases.
-        size: in-plane voxels (the field of view is 400 to 480 mm; slices are at least 3 mm apart).
+        size: in-plane voxels over the 400 to 480 mm field of view, slices at least 3 mm apart; or per axis,
+            `--size "[512,512,128]"`: nx by ny voxels over the field of view and nz slices over the scanned length.
         seed: the same seed gives the same cases, as NIfTI or as DICOM.
         val_fraction: share of the validation split in datalist.json (NIfTI only: `ingest` splits a DICOM tree).
         test_fraction: share of the test split in datalist.json (NIfTI only).

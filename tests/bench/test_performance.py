@@ -10,18 +10,21 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from budget import Rates, budget_rows, summary_rows
 from configurations import Configuration
-from flops import count_flops, unet_step_flops
-from memory_estimate import estimate_peak_gib
+from flops import count_flops, decode_flops, unet_step_flops
+from memory_estimate import Work, estimate, mixed_precision
 from monai.engines.utils import DiffusionPrepareBatch
 from monai.networks.nets import AutoencoderKL
 from monai.networks.schedulers import DDPMScheduler, RFlowScheduler
+from performance import kept_results, markdown
+from training_speed import STAGES, autoencoder_step_work
 
 from helpers import BUNDLE, TINY, run_bundle, train_in_process, training_overrides
 from scripts.networks.loading import load_autoencoder, load_diffusion
 from scripts.networks.schedules import controlnet_scheduler, trained_schedule, training_scheduler
+from scripts.networks.tiling import TiledDecoder
 from scripts.sampling.sampler import LatentDiffusionSampler, denoise, make_scheduler
-from scripts.sampling.tiled_decoding import TiledDecoder
 from scripts.training.prepare_batch import RectifiedFlowPrepareBatch
 
 RFLOW_SCHEDULE = {
@@ -48,7 +51,7 @@ def rflow_dir(trained, phantom_dir, tmp_path_factory):
 
 def test_tiled_decoding_equals_whole_decoding(trained):
     autoencoder = load_autoencoder(trained.dir / "autoencoder.pt")
-    latents = torch.randn((2, 3, 8, 8, 8), generator=torch.Generator().manual_seed(1))
+    latents = torch.randn((2, autoencoder.latent_channels, 8, 8, 8), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         whole = autoencoder.decode(latents)
     for tile in (3, [8, 4, 5]):  # uneven tiles, and tiles as long as the volume along one axis
@@ -201,7 +204,113 @@ def test_memory_estimate_tracks_live_tensors():
         return c
 
     held = torch.empty(2**18)
-    assert estimate_peak_gib(lambda: held, step, lambda s: [s], warmup=False) * 2**10 == pytest.approx(4.0)
+    assert estimate(Work(lambda _: held, step, lambda s: [s], warmup=False)).peak_gib * 2**10 == pytest.approx(4.0)
+
+
+def test_estimates_keep_norms_and_softmax_in_float32_under_amp_as_cuda_does():
+    conv, norm = torch.nn.Conv3d(4, 4, 1), torch.nn.GroupNorm(2, 4)
+    seen = {}
+
+    def step(x):
+        with mixed_precision(torch.float16, "cpu"):
+            y = conv(x)
+            seen.update(conv=y.dtype, norm=norm(y).dtype, softmax=y.softmax(1).dtype)
+            checkpointed = torch.utils.checkpoint.checkpoint(lambda t: norm(conv(t)), x, use_reentrant=False)
+        checkpointed.float().sum().backward()  # the recomputation must see the forward pass's dtypes
+
+    estimate(Work(lambda _: torch.randn((1, 4, 4, 4, 4), requires_grad=True), step, lambda x: [x], warmup=False))
+    assert seen == {"conv": torch.float16, "norm": torch.float32, "softmax": torch.float32}
+    with mixed_precision(torch.float16, "cpu"):
+        assert norm(conv(torch.randn((1, 4, 2, 2, 2)))).dtype == torch.float16, "outside estimates, CPU autocast's own"
+
+
+#: TINY's networks (one block per level) on highres.json's grid and patches, so that the budget's estimates take seconds.
+HIGHRES_TINY = {
+    **{k: TINY[k] for k in ("autoencoder_channels", "autoencoder_norm_num_groups", "discriminator_channels")},
+    **{k: TINY[k] for k in ("diffusion_channels", "diffusion_norm_num_groups", "controlnet_embedding_channels")},
+    "diffusion_attention_levels": [False, False, True],
+    "diffusion_num_head_channels": [0, 0, 16],
+    "autoencoder_num_res_blocks": 1,
+    "diffusion_num_res_blocks": 1,
+}
+
+#: Made-up reference rates (TFLOP/s), so that predicted seconds can be checked against the FLOPs.
+RATES = Rates(
+    "test GPU",
+    "test",
+    {
+        "unet_step float32": 10.0,
+        "decode float32": 20.0,
+        "decode bfloat16": 40.0,
+        **{f"training {s}": 30.0 for s in STAGES},
+    },
+    {"float32": 50.0, "bfloat16": 100.0},
+)
+
+
+def test_highres_budget_covers_every_stage_on_the_512_x_512_x_128_grid():
+    config = Configuration("highres", ["highres.json"], HIGHRES_TINY)
+    assert config.image_size == [512, 512, 128] and config.patch_size == [128, 128, 64]
+    rows = budget_rows(config, 64, RATES)
+    by_work = {(r["stage"], r["work"], r.get("tile")): r for r in rows}
+    volume_works = [("autoencoder", "validation reconstruction"), ("diffusion", "latent encoding")]
+    volume_works += [("controlnet", "latent encoding"), ("sampling", "decode"), ("sampling with tumor", "decode")]
+    steps = [("autoencoder", "training iteration (128x128x64 patch)"), ("diffusion", "training iteration")]
+    steps += [
+        ("controlnet", "training iteration"),
+        ("sampling", "U-Net step"),
+        ("sampling with tumor", "U-Net + ControlNet step"),
+    ]
+    assert set(by_work) == {(*w, t) for w in volume_works for t in ("whole", 64)} | {(*w, None) for w in steps}
+    assert {r["grid"] for r in rows} == {"512x512x128"}
+
+    unet, decode = by_work[("sampling", "U-Net step", None)], by_work[("sampling", "decode", "whole")]
+    assert unet["gflop"] * 1e9 == unet_step_flops(config) and decode["gflop"] * 1e9 == decode_flops(config)
+    assert unet["predicted_seconds"] == pytest.approx(unet["gflop"] / 1e3 / 10.0)
+    assert decode["seconds_at_peak"] == pytest.approx(decode["gflop"] / 1e3 / 50.0)
+    assert decode["estimated_gib"] > 512 * 512 * 128 * 4 / 2**30, "at least the float32 image"
+    for stage, work in volume_works:
+        assert by_work[(stage, work, 64)]["estimated_gib"] < by_work[(stage, work, "whole")]["estimated_gib"]
+    steered = by_work[("sampling with tumor", "U-Net + ControlNet step", None)]
+    assert steered["gflop"] > unet["gflop"] and steered["estimated_gib"] > unet["estimated_gib"]
+    trained = by_work[("autoencoder", "training iteration (128x128x64 patch)", None)]
+    plain = estimate(autoencoder_step_work(config, 1, True, use_checkpoint=False)).peak_gib
+    assert trained["precision"] == "float16" and trained["estimated_gib"] < plain, "checkpointing as configured"
+
+    summary = {r["stage"]: r for r in summary_rows(config, rows)}
+    assert list(summary) == ["autoencoder", "diffusion", "controlnet", "sampling", "sampling with tumor"]
+    assert summary["autoencoder"]["target_gib"] == 24.0 and summary["sampling"]["target_gib"] == 16.0
+    sampling = summary["sampling"]
+    assert sampling["estimated_peak_gib_whole"] == max(unet["estimated_gib"], decode["estimated_gib"])
+    assert sampling["predicted_seconds"] == pytest.approx(25 * unet["predicted_seconds"] + decode["predicted_seconds"])
+    assert sampling["auto_on_target_card"] == "whole", "TINY's 8 full-resolution channels need 3 GB whole, under 8 GiB"
+    assert sampling["estimated_meets_target"] == ("yes" if sampling["estimated_peak_gib_whole"] <= 16.0 else "no")
+    iteration = by_work[("diffusion", "training iteration", None)]["predicted_seconds"]
+    assert (
+        summary["diffusion"]["predicted_seconds"] == iteration and "measured_peak_gib_whole" not in summary["diffusion"]
+    )
+
+
+def test_update_keeps_the_sections_it_does_not_redo_under_their_runs_header(tmp_path):
+    machine = {"device": "cpu", "device_type": "cpu", "cpu_cores": 2, "torch_threads": 2, "memory_gib": 8.0}
+    machine |= {"torch": "2", "load_average_1min": 0.0, "other_bundle_workflows_running": 0}
+    first = {"machine": machine, "date": "day 1", "command": "run 1", "flops": {"rows": []}, "training": {"rows": []}}
+    (tmp_path / "first.json").write_text(json.dumps(first))
+    kept = kept_results(tmp_path / "first.json", {"training", "budget"})
+    assert kept == {
+        "earlier_runs": [{"machine": machine, "date": "day 1", "command": "run 1", "sections": ["flops"]}],
+        "flops": {"rows": []},
+    }
+    second = {"machine": machine, "date": "day 2", "command": "run 2", "sections": ["training"], "training": {}, **kept}
+    (tmp_path / "second.json").write_text(json.dumps(second))
+    again = kept_results(tmp_path / "second.json", {"flops"})
+    assert [(r["date"], r["sections"]) for r in again["earlier_runs"]] == [("day 2", ["training"])]
+    flops = {"peak_tflops": {}, "rows": [], "predicted_sampling": []}
+    latest = {"machine": machine, "date": "day 3", "command": "run 3", "sections": ["flops"], "flops": flops}
+    page = markdown({**latest, "earlier_runs": again["earlier_runs"]})
+    assert "Measured sections flops on day 3 with `run 3`." in page
+    assert "Kept from an earlier run: sections training on day 2 with `run 2`." in page
+    assert kept_results(tmp_path / "missing.json", set()) == {}
 
 
 def test_cpu_benchmark_command_writes_its_tables(trained, phantom_dir, rflow_dir, tmp_path):
@@ -236,6 +345,11 @@ def test_cpu_benchmark_command_writes_its_tables(trained, phantom_dir, rflow_dir
         "1",
         "--decode-grids",
         "128",
+        "--budget-sizes",
+        "thesis",
+        "--budget-tile",
+        "4",
+        "--measure-budget",
         "--out-dir",
         str(tmp_path),
         "--device",
@@ -282,7 +396,15 @@ def test_cpu_benchmark_command_writes_its_tables(trained, phantom_dir, rflow_dir
     plain = next(r for r in options if not (r["amp"] or r["use_checkpoint"] or r["use_flash_attention"]))
     saving = next(r for r in options if r["amp"] and r["use_checkpoint"] and r["use_flash_attention"])
     assert saving["estimated_gpu_gib"] < plain["estimated_gpu_gib"]
+    budget = results["budget"]
+    assert [r["stage"] for r in budget["summary"]] == [*STAGES, "sampling", "sampling with tumor"]
+    assert budget["measured_on"] == results["machine"]["device"] and budget["rates"]["source"].endswith(
+        "benchmark_gpu.json"
+    )
+    assert all(r["measured_seconds"] > 0 and r["memory_kind"] == "process peak RSS" for r in budget["rows"])
+    assert results["sections"] == ["sampling", "flops", "budget", "decoding", "training", "variants"]
     for title in (
+        "Budget per stage: peak GPU memory against the targets",
         "Sampling: speed and quality per sampler",
         "FLOPs and achieved fraction of peak",
         "Tiled decoding, measured",

@@ -63,7 +63,7 @@ def test_a_training_config_loads_no_dicom_sampling_or_evaluation_code():
     probe = (
         "import sys; from scripts.bundle_config import load_bundle_config; "
         "p = load_bundle_config(['train_diffusion.json']); p.get_parsed_content('noise_scheduler'); "
-        "p.get_parsed_content('preprocessing'); "
+        "p.get_parsed_content('stored_preprocessing'); p.get_parsed_content('network_inputs'); "
         "print(sorted(m for m in ('scripts.dicom', 'scripts.sampling', 'scripts.evaluation', 'scripts.phantoms') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", probe], cwd=SCRIPTS.parent, capture_output=True, text=True, check=True)

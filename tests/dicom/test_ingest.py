@@ -141,8 +141,8 @@ def _preprocessed(dataset_dir: Path) -> dict[str, torch.Tensor]:
         parser.read_config("configs/train_autoencoder.json")
         parser.update({"dataset_dir": str(dataset_dir), "image_size": [32, 32, 32]})
         entries = load_decathlon_datalist(parser.get_parsed_content("datalist"), True, "training")
-        preprocessing = parser.get_parsed_content("preprocessing")
-        return {Path(e["image"]).parent.name: preprocessing(e)["image"] for e in entries}
+        stored, inputs = (parser.get_parsed_content(k) for k in ("stored_preprocessing", "network_inputs"))
+        return {Path(e["image"]).parent.name: inputs(stored(e))["image"] for e in entries}
     finally:
         os.chdir(cwd)
 

@@ -17,11 +17,16 @@ from monai.bundle import ConfigWorkflow
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundle"
 
-#: Overrides that shrink the demo configuration so each stage trains in seconds on a CPU.
+#: Overrides that shrink the demo configuration so each stage trains in seconds on a CPU: whole 32^3 volumes (patches
+#: as large as the grid; the command line cannot pass a null) and three latent channels. tests/bundle/test_highres.py
+#: and the resume test train on smaller patches.
 TINY = {
     "grid_size": 32,
     "autoencoder_channels": [8, 16, 16],
+    "autoencoder_latent_channels": 3,
     "autoencoder_norm_num_groups": 8,
+    "autoencoder_attention_levels": [False, False, False],
+    "patch_size": 32,
     "discriminator_channels": 8,
     "diffusion_channels": [16, 32, 32],
     "diffusion_norm_num_groups": 8,

@@ -115,7 +115,7 @@ def test_same_seed_same_volume_and_the_image_is_not_read(server):
 def test_click_on_a_user_ct_maps_by_world_position_in_its_lung_box(server, phantom, record, tmp_path):
     params = {"seed": 2, "foreground": [phantom.lung_voxel], "tumor_diameter_mm": 50.0}
     ct, hu, info = infer(server, "synthesize_tumor", params)
-    lung_box = np.asarray(preprocessing_chain(record["image_size"][0])[0]({"image": str(phantom.path)})["image"].affine)
+    lung_box = np.asarray(preprocessing_chain(record["image_size"])[0]({"image": str(phantom.path)})["image"].affine)
     assert info["placement"] == "lung_box" and np.allclose(ct.affine, lung_box, atol=1e-3)
     mask = decoded_mask(info, tmp_path)
     assert np.allclose(mask.affine, ct.affine) and mask.shape == hu.shape

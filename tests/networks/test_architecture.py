@@ -59,6 +59,7 @@ def test_demo_overlay_shrinks_the_networks(monkeypatch):
     monkeypatch.chdir(BUNDLE)
     parser = ConfigParser()
     parser.read_config(["configs/train_autoencoder.json", "configs/demo.json"])
-    assert parser.get_parsed_content("image_size") == [64, 64, 64]
-    assert parser.get_parsed_content("image_spacing_mm") == [7.0, 7.0, 5.5]
-    assert parser.get_parsed_content("autoencoder_kwargs#channels") == [16, 32, 32]
+    assert parser.get_parsed_content("image_size") == [128, 128, 128]
+    assert parser.get_parsed_content("image_spacing_mm") == [3.5, 3.5, 2.75]
+    assert parser.get_parsed_content("autoencoder_kwargs#channels") == [16, 32, 32, 32]  # 8x: 16^3 latents
+    assert parser.get_parsed_content("patch_size") == 64

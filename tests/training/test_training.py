@@ -127,7 +127,12 @@ def test_scaled_latents_have_unit_variance():
 
 
 def test_resume_continues_at_the_next_epoch_and_skips_broken_checkpoints(tmp_path, phantom_dir):
-    common = {**training_overrides(phantom_dir, tmp_path), "adversarial_warmup_epochs": 0, "val_interval": 5}
+    common = {
+        **training_overrides(phantom_dir, tmp_path),
+        "adversarial_warmup_epochs": 0,
+        "val_interval": 5,
+        "patch_size": [24, 24, 24],
+    }
     run_bundle(["train_autoencoder.json", "demo.json"], {**common, "max_epochs": 1})
     # A run killed while writing its next checkpoint leaves a truncated file behind.
     (tmp_path / "autoencoder_checkpoint_epoch=2.pt").write_bytes(b"truncated")
@@ -138,6 +143,8 @@ def test_resume_continues_at_the_next_epoch_and_skips_broken_checkpoints(tmp_pat
     assert "Epoch: 1/3" not in log and "Epoch: 2/3" in log and "Epoch: 3/3" in log
     state = torch.load(tmp_path / "autoencoder_checkpoint_epoch=3.pt", map_location="cpu", weights_only=True)
     assert state["trainer"]["iteration"] == 3 * 1, "three epochs of one batch each, not four"
+    record = torch.load(tmp_path / "autoencoder.pt", map_location="cpu", weights_only=True)["autoencoder_record"]
+    assert record["patch_size"] == [24, 24, 24], "a patch-trained run resumes as one"
 
 
 def test_resume_disabled_starts_over(tmp_path):

@@ -166,7 +166,7 @@ def test_preprocess_cli_writes_hu_on_the_working_grid(tmp_path, phantom_dir_64):
 
 @pytest.mark.parametrize("grid", [10, 30])
 def test_preprocess_rejects_a_bad_grid(tmp_path, phantom_dir_64, grid):
-    with pytest.raises(ValueError, match="grid"):
+    with pytest.raises(ValueError, match=rf"image_size \[{grid}, {grid}, {grid}\] does not fit the networks"):
         preprocess_case(str(phantom_dir_64[0] / "ct.nii.gz"), str(tmp_path), grid=grid)
 
 

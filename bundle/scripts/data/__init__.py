@@ -1,6 +1,6 @@
 """Data at the bottom of the pipeline: datalists, the label table, NIfTI volumes and masks, previews, shape primitives."""
 
 from scripts.data.datalist import cached_split
-from scripts.data.volumes import grid_shape, grid_spacing
+from scripts.data.grid import grid_shape, grid_spacing, network_grid
 
-__all__ = ["cached_split", "grid_shape", "grid_spacing"]
+__all__ = ["cached_split", "grid_shape", "grid_spacing", "network_grid"]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Hashable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from monai.data import PersistentDataset, load_decathlon_datalist
+from monai.data import Dataset, MetaTensor, PersistentDataset, load_decathlon_datalist
 from monai.data.utils import pickle_hashing
-from monai.transforms import Transform
+from monai.transforms import Compose, Transform
 
 #: Keys of the datalist's sections, as `monai.data.load_decathlon_datalist` reads them.
 SPLITS = ("training", "validation", "test")
@@ -53,9 +55,22 @@ def write_datalist(
     return path
 
 
-def cached_split(datalist: str, split: str, transform: Transform, cache_dir: str) -> PersistentDataset:
-    """The cases of one `split` of `datalist`, with the deterministic `transform` cached in `cache_dir` across runs."""
+def cached_split(
+    datalist: str, split: str, cached_transform: Transform, cache_dir: str, transform: Transform | None = None
+) -> Dataset:
+    """The cases of one `split` of `datalist`: `cached_transform` once, cached in `cache_dir` across runs, then `transform`.
+
+    The cache holds what `cached_transform` returns (the compact int16/uint8 volumes of
+    `configs/common.json#stored_preprocessing`); `transform` (intensity scaling, label channels,
+    random patches) runs at every load, so no float32 copy reaches the disk.
+    """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     data = load_decathlon_datalist(datalist, True, split)
-    return PersistentDataset(data, transform=transform, cache_dir=cache_dir, hash_transform=pickle_hashing)
+    cached = PersistentDataset(data, transform=cached_transform, cache_dir=cache_dir, hash_transform=pickle_hashing)
+    return Dataset(cached, transform=Compose([transform or Compose(), plain_tensors]))
+
+
+def plain_tensors(item: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+    """`item` with its MetaTensors as plain tensors, as the cache returns them: batches carry no meta data."""
+    return {k: v.as_tensor() if isinstance(v, MetaTensor) else v for k, v in item.items()}

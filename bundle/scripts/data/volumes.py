@@ -10,19 +10,6 @@ import numpy as np
 import torch
 
 
-def grid_shape(grid_size: int | Sequence[int]) -> list[int]:
-    """The working grid's voxels per axis: a cube of `grid_size`, or three sizes as given."""
-    sizes = [int(grid_size)] * 3 if isinstance(grid_size, int) else [int(n) for n in grid_size]
-    if len(sizes) != 3 or min(sizes) < 1:
-        raise ValueError(f"grid_size must be one positive size or three, got {grid_size}")
-    return sizes
-
-
-def grid_spacing(field_of_view_mm: Sequence[float], image_size: Sequence[int]) -> list[float]:
-    """Voxel spacing (mm) of `image_size` voxels over `field_of_view_mm`, per axis."""
-    return [f / n for f, n in zip(field_of_view_mm, image_size, strict=True)]
-
-
 def to_hu(image: torch.Tensor | np.ndarray, hu_window: Sequence[float]) -> np.ndarray:
     """Map [-1, 1] network intensities back to HU in `hu_window` (the inverse of the training scaling), as int16."""
     low, high = float(hu_window[0]), float(hu_window[1])

@@ -25,6 +25,8 @@ from scripts.evaluation.embedding import kmeans_clusters, scatter, tsne_2d
 from scripts.evaluation.figures import save_reconstruction, save_strip
 from scripts.evaluation.report import Section, write_json, write_report, write_table
 from scripts.networks.checkpoint import load_checkpoint
+from scripts.networks.tile_plan import AUTO, planned_tile
+from scripts.networks.tiling import TiledDecoder, TiledEncoder
 from scripts.training.losses import kl_divergence
 
 logger = logging.getLogger(__name__)
@@ -39,12 +41,11 @@ METRICS = {
 }
 
 
-def model_grid(autoencoder_path: str | Path) -> int:
-    """Voxels per side of the working grid the autoencoder at `autoencoder_path` was trained on (from its record)."""
-    size = load_checkpoint(autoencoder_path, ("autoencoder_record",))["autoencoder_record"]["image_size"]
-    if len(set(size)) != 1:
-        raise ValueError(f"{autoencoder_path} was trained on a {size} grid; the evaluation needs a cube")
-    return int(size[0])
+def model_grid(autoencoder_path: str | Path) -> list[int]:
+    """The working grid (voxels per axis) the autoencoder at `autoencoder_path` was trained on, from its record."""
+    return [
+        int(n) for n in load_checkpoint(autoencoder_path, ("autoencoder_record",))["autoencoder_record"]["image_size"]
+    ]
 
 
 @dataclass
@@ -59,7 +60,10 @@ class CaseResult:
 
 
 class Reconstructor:
-    """Encodes, decodes and scores cases with MONAI metrics; `perceptual_loss` is None when its weights are absent."""
+    """Encodes, decodes and scores cases with MONAI metrics; `perceptual_loss` is None when its weights are absent.
+
+    `tile` encodes and decodes in tiles of that many latent voxels ("auto": when a whole volume would not fit).
+    """
 
     def __init__(
         self,
@@ -68,8 +72,10 @@ class Reconstructor:
         perceptual_loss: torch.nn.Module | None = None,
         device: torch.device | str = "cpu",
         cluster_grid: int = 32,
+        tile: int | Sequence[int] | str | None = AUTO,
     ) -> None:
         self.autoencoder, self.perceptual_loss, self.device = autoencoder, perceptual_loss, torch.device(device)
+        self.tile = tile
         self.hu_window, self.cluster_grid = [float(v) for v in hu_window], cluster_grid
         width = self.hu_window[1] - self.hu_window[0]
         self.mse, self.psnr = MSEMetric(), PSNRMetric(max_val=width)
@@ -82,8 +88,13 @@ class Reconstructor:
     @torch.no_grad()
     def reconstruct(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Reconstruction of a (1, 1, X, Y, Z) image from its posterior mean, with the posterior's mean and sigma."""
-        z_mu, z_sigma = self.autoencoder.encode(image.to(self.device))
-        return self.autoencoder.decode(z_mu), z_mu, z_sigma
+        image = image.to(self.device)
+        tile = planned_tile(self.tile, self.autoencoder, image.shape[:1] + image.shape[2:], self.device)
+        if tile is None:
+            z_mu, z_sigma = self.autoencoder.encode(image)
+            return self.autoencoder.decode(z_mu), z_mu, z_sigma
+        z_mu, z_sigma = TiledEncoder(self.autoencoder, tile)(image)
+        return TiledDecoder(self.autoencoder, tile)(z_mu), z_mu, z_sigma
 
     @torch.no_grad()
     def score(self, item: Mapping, split: str) -> CaseResult:
@@ -140,7 +151,8 @@ def interpolation_figure(
     ]
     alphas = np.linspace(0.0, 1.0, steps)
     volumes = [
-        reconstructor.hu(reconstructor.autoencoder.decode((1 - a) * z[0] + a * z[1]))[0, 0].numpy() for a in alphas
+        reconstructor.hu(reconstructor.autoencoder.decode((1 - a) * z[0] + a * z[1]))[0, 0].numpy()
+        for a in alphas.tolist()
     ]
     labels = [f"{a:.2f}" for a in alphas]
     labels[0], labels[-1] = case_name(first), case_name(second)

@@ -39,13 +39,13 @@ def reference_items(reference_dir: str | Path) -> list[dict]:
     return items
 
 
-def sample_grid(samples_dir: str | Path) -> int:
-    """Voxels per side of the synthetic CTs in `samples_dir` (cubes on the working grid, as the sampler writes them)."""
+def sample_grid(samples_dir: str | Path) -> list[int]:
+    """Voxels per axis of the synthetic CTs in `samples_dir` (on the working grid, as the sampler writes them)."""
     first = sample_files(samples_dir)[0]
     shape = nib.load(str(first)).shape
-    if len(shape) != 3 or len(set(shape)) != 1:
-        raise ValueError(f"{first}: expected a cube on the working grid, got shape {shape}")
-    return int(shape[0])
+    if len(shape) != 3:
+        raise ValueError(f"{first}: expected a 3D volume on the working grid, got shape {shape}")
+    return [int(n) for n in shape]
 
 
 def case_name(item: dict) -> str:

@@ -14,6 +14,7 @@ from scripts.networks.loading import (
     trainable_autoencoder,
 )
 from scripts.networks.schedules import controlnet_scheduler, training_scheduler
+from scripts.networks.tiling import TiledDecoder, TiledEncoder, tiled_reconstruct
 
 __all__ = [
     "AUTOENCODER_FILE",
@@ -22,6 +23,8 @@ __all__ = [
     "TUMOR_MODEL_FILES",
     "ControlledUNet",
     "Record",
+    "TiledDecoder",
+    "TiledEncoder",
     "controlnet_from_unet",
     "controlnet_kwargs",
     "controlnet_scheduler",
@@ -30,6 +33,7 @@ __all__ = [
     "load_autoencoder",
     "load_controlnet",
     "load_diffusion",
+    "tiled_reconstruct",
     "trainable_autoencoder",
     "training_scheduler",
 ]

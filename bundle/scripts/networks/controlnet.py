@@ -28,6 +28,7 @@ def controlnet_kwargs(unet_kwargs: Mapping[str, Any], embedding_channels: Sequen
         "norm_num_groups",
         "attention_levels",
         "num_head_channels",
+        "use_flash_attention",
     )
     kwargs = {k: unet_kwargs[k] for k in shared if k in unet_kwargs}
     kwargs.update(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from tqdm import tqdm
 from scripts.data.labels import LABELS, PRECEDENCE
 from scripts.data.staging import staged_folder
 from scripts.dicom.writer import Rois, Uid, ct_slices, rtstruct_dataset, seg_dataset, study_attributes, to_lps
-from scripts.phantoms.thorax import write_phantoms
+from scripts.phantoms.thorax import check_size, write_phantoms
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +58,8 @@ def phantom_rois(label: np.ndarray, affine_lps: np.ndarray, rng: np.random.Gener
     return rois
 
 
-def case_uid(seed: int, size: int, case: str, role: str, number: int = -1) -> str:
-    """A UID fixed by the seed, size, case, role (study, frame, ct, rtstruct, seg) and instance number."""
+def case_uid(seed: int, size: int | tuple[int, int, int], case: str, role: str, number: int = -1) -> str:
+    """A UID fixed by the seed, size (as `check_size` gives it), case, role (study, ct, seg...) and instance number."""
     return generate_uid(entropy_srcs=["phantom", str(seed), str(size), case, role, str(number)])
 
 
@@ -89,11 +90,13 @@ def write_case(
             dataset.save_as(study / name / f"1-{int(dataset.InstanceNumber):03d}.dcm", write_like_original=False)
 
 
-def write_phantom_dicom(out: str, n: int = 8, size: int = 128, seed: int = 0) -> Path:
+def write_phantom_dicom(out: str, n: int = 8, size: int | Sequence[int] = 128, seed: int = 0) -> Path:
     """Write the phantoms `write_phantoms(out, n, size, seed)` makes as a DICOM tree `<out>/PHANTOM-XXX/...` for `ingest`.
 
-    The same arguments give the same cases (and UIDs); existing case folders in `out` are kept, never overwritten.
+    `size` is one int or [nx, ny, nz], as `write_phantoms` takes it: the CT series has a file per slice of the volume,
+    its SliceThickness their spacing. The same arguments give the same cases (and UIDs); existing case folders are kept.
     """
+    size = check_size(size)
     root = Path(out)
     with tempfile.TemporaryDirectory() as nifti:
         write_phantoms(nifti, n=n, size=size, seed=seed)  # the one source of the phantoms, so both formats agree

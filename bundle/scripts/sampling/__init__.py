@@ -1,4 +1,4 @@
-"""Sampling: the latent diffusion sampler, tiled decoding, tumor requests, and writing the samples, as configs name them."""
+"""Sampling: the latent diffusion sampler, tumor requests, and writing the samples, as configs name them."""
 
 from scripts.sampling.sampler import LatentDiffusionSampler
 from scripts.sampling.tumor_request import requested_mask

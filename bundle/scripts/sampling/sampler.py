@@ -5,7 +5,7 @@ same whatever the batch size or the number of samples asked for.
 
 Speed and memory options: `rflow` sampling for models trained with rectified flow (see
 `scripts.networks.schedules`), autocast to bfloat16/float16 (`precision`; it pays off on CUDA), tiled
-decoding (`decode_tile`, see `scripts.sampling.tiled_decoding`, for grids whose whole decoding does not fit
+decoding (`decode_tile`, see `scripts.networks.tiling`, for grids whose whole decoding does not fit
 the GPU) and `torch.compile` of the denoiser (`compile`).
 """
 
@@ -24,7 +24,8 @@ from tqdm import tqdm
 from scripts.data.volumes import to_hu
 from scripts.networks.controlnet import ControlledUNet
 from scripts.networks.schedules import check_sampler, trained_schedule
-from scripts.sampling.tiled_decoding import TiledDecoder
+from scripts.networks.tile_plan import AUTO, planned_tile
+from scripts.networks.tiling import TiledDecoder
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +126,8 @@ class LatentDiffusionSampler:
         device: where to sample.
         controlnet: the frozen tumor ControlNet, for conditioned sampling.
         precision: `float32`, or `bfloat16`/`float16` autocast of the networks (faster on CUDA GPUs).
-        decode_tile: decode in tiles of this many latent voxels per side (None: whole), to bound memory; same result.
+        decode_tile: decode in tiles of this many latent voxels per side, to bound memory (same result up to
+            rounding); None decodes whole; "auto" tiles only when the whole batch would not fit in free memory.
         compile: `torch.compile` the denoiser (pays off for long runs on a GPU; the first sample pays the compilation).
     """
 
@@ -139,7 +141,7 @@ class LatentDiffusionSampler:
         device: torch.device | str = "cpu",
         controlnet: torch.nn.Module | None = None,
         precision: str = "float32",
-        decode_tile: int | Sequence[int] | None = None,
+        decode_tile: int | Sequence[int] | str | None = AUTO,
         compile: bool = False,
     ) -> None:
         if sampler == "ddpm" and num_inference_steps != record["noise_schedule"]["num_train_timesteps"]:
@@ -153,7 +155,8 @@ class LatentDiffusionSampler:
         self.controlnet = controlnet
         self.options = {"precision": precision, "decode_tile": decode_tile, "compile": compile}
         check_precision(precision)
-        self.tiler = TiledDecoder(autoencoder, decode_tile) if decode_tile is not None else None
+        if decode_tile not in (None, AUTO):
+            TiledDecoder(autoencoder, decode_tile)  # refuses a bad tile or a decoder tiles cannot split, at start-up
         self.denoiser = torch.compile(unet) if compile else unet
         controlled = ControlledUNet(unet, controlnet) if controlnet is not None else None
         self.controlled = torch.compile(controlled) if compile and controlled is not None else controlled
@@ -198,6 +201,9 @@ class LatentDiffusionSampler:
     def decode(self, latents: torch.Tensor) -> list[np.ndarray]:
         """HU volumes from scaled latents: undo the training scale factor, then decode (whole, or in tiles)."""
         z = latents / self.record["scale_factor"]
+        dtype = PRECISIONS[self.options["precision"]] or torch.float32
+        shape = (len(z), *self.record["image_size"])
+        tile = planned_tile(self.options["decode_tile"], self.autoencoder, shape, self.device, dtype)
         with autocast(self.device, self.options["precision"]):
-            images = self.tiler(z) if self.tiler else self.autoencoder.decode_stage_2_outputs(z)
+            images = TiledDecoder(self.autoencoder, tile)(z) if tile else self.autoencoder.decode_stage_2_outputs(z)
         return [to_hu(image[0].float(), self.record["hu_window"]) for image in images]

@@ -19,14 +19,25 @@ from monai.utils import CommonKeys as Keys
 from torch.utils.data import DataLoader
 
 from scripts.data.labels import tumor_channel
+from scripts.networks.tile_plan import AUTO, planned_tile
+from scripts.networks.tiling import tiled_reconstruct
 from scripts.training.losses import AutoencoderLoss
 
 
 class ReconstructionInferer(Inferer):
-    """Deterministic reconstruction `decode(mu)` of an AutoencoderKL, for validation metrics."""
+    """Deterministic reconstruction `decode(mu)` of an AutoencoderKL, for validation metrics on whole volumes.
+
+    `tile` (latent voxels; "auto": only when the whole volume would not fit in free memory) encodes and decodes in
+    tiles, so a patch-trained autoencoder validates on 512 x 512 x 128 volumes in bounded memory.
+    """
+
+    def __init__(self, tile: int | Sequence[int] | str | None = AUTO) -> None:
+        super().__init__()
+        self.tile = tile
 
     def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return network.reconstruct(inputs)
+        tile = planned_tile(self.tile, network, inputs.shape[:1] + inputs.shape[2:], inputs.device)
+        return network.reconstruct(inputs) if tile is None else tiled_reconstruct(network, inputs, tile)
 
 
 class AutoencoderTrainer(Trainer):

@@ -15,6 +15,8 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform
 from tqdm import tqdm
 
+from scripts.networks.tile_plan import AUTO, planned_tile
+from scripts.networks.tiling import TiledEncoder
 from scripts.training.distributed import mean_across_ranks, rank
 
 logger = logging.getLogger(__name__)
@@ -22,13 +24,26 @@ logger = logging.getLogger(__name__)
 
 @torch.no_grad()
 def encode_dataset(
-    autoencoder: torch.nn.Module, loader: Iterable, device: torch.device | str, keep_keys: Sequence[str] = ()
+    autoencoder: torch.nn.Module,
+    loader: Iterable,
+    device: torch.device | str,
+    keep_keys: Sequence[str] = (),
+    encode_tile: int | Sequence[int] | str | None = AUTO,
 ) -> list[dict[str, torch.Tensor]]:
-    """Posterior mean and sigma of every image in `loader`, one dict per image on the CPU, with `keep_keys` carried along."""
+    """Posterior mean and sigma of every image in `loader`, one dict per image on the CPU, with `keep_keys` carried along.
+
+    With `encode_tile` (latent voxels; "auto": when a whole batch would not fit in free memory), each image is
+    encoded on its own in tiles (`TiledEncoder`), in bounded memory and with the same result up to rounding.
+    """
     autoencoder.eval()
     latents = []
     for batch in tqdm(loader, desc="encoding latents", unit="batch"):
-        z_mu, z_sigma = autoencoder.encode(batch["image"].to(device))
+        images = batch["image"].to(device)
+        tile = planned_tile(encode_tile, autoencoder, images.shape[:1] + images.shape[2:], device)
+        if tile is None:
+            z_mu, z_sigma = autoencoder.encode(images)
+        else:
+            z_mu, z_sigma = (torch.cat(parts) for parts in zip(*map(TiledEncoder(autoencoder, tile), images.split(1))))
         for i, (m, s) in enumerate(zip(z_mu, z_sigma)):
             latents.append(
                 {"z_mu": m.cpu(), "z_sigma": s.cpu(), **{k: torch.as_tensor(batch[k][i]) for k in keep_keys}}

@@ -3,26 +3,30 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from scripts.bundle_config import load_bundle_config
+from scripts.data.grid import network_grid
 from scripts.data.volumes import check_writable, to_hu, write_nifti
 
 logger = logging.getLogger(__name__)
 
 
-def preprocessing_chain(grid: int | None = None) -> tuple:
-    """The preprocessing Compose of `configs/common.json` and its HU window, at `grid` voxels a side if given."""
-    if grid is not None and (not isinstance(grid, int) or grid < 16 or grid % 4):
-        raise ValueError(f"grid must be an integer >= 16 divisible by 4 (the autoencoder halves it twice), got {grid}")
+def preprocessing_chain(grid: int | Sequence[int] | None = None) -> tuple:
+    """The preprocessing Compose of `configs/common.json` and its HU window, on `grid` (a cube or three sizes) if given.
+
+    A grid the default networks cannot take is refused by `scripts.data.network_grid`, naming `image_size`.
+    """
     parser = load_bundle_config(["common.json"], {"grid_size": grid} if grid is not None else None)
+    network_grid(*(parser.get_parsed_content(k) for k in ("grid_size", "autoencoder_channels", "diffusion_channels")))
     return parser.get_parsed_content("preprocessing"), parser.get_parsed_content("hu_window")
 
 
 def preprocess_case(
-    image: str, out: str, label: str | None = None, grid: int | None = None, overwrite: bool = False
+    image: str, out: str, label: str | None = None, grid: int | Sequence[int] | None = None, overwrite: bool = False
 ) -> list[Path]:
     """Write `out/ct.nii.gz` (HU, int16) and, with `label`, `out/label.nii.gz`, on the working grid with its true affine.
 
@@ -30,7 +34,7 @@ def preprocess_case(
         image: CT NIfTI in HU (any orientation and spacing).
         out: output folder.
         label: label map NIfTI on the CT's grid (optional); it also places the lung box.
-        grid: voxels per side of the working grid (default: the configs' grid_size).
+        grid: voxels per side of the working grid, or three sizes such as [512, 512, 128] (default: the configs' grid_size).
         overwrite: replace existing outputs.
     """
     for name, path in (("image", image), ("label", label)):

@@ -29,7 +29,7 @@ class SynthesizeTumor(Synthesize):
             bundle, limits, description="A synthetic chest CT (HU) with a tumor at the clicks or the label"
         )
         self.diameter_mm = float(bundle.defaults["tumor_diameter_mm"])
-        self.preprocessing = preprocessing_chain(int(self.generator.record["image_size"][0]))[0]
+        self.preprocessing = preprocessing_chain(self.generator.record["image_size"])[0]
 
     @classmethod
     def default_keys(cls) -> tuple[str, ...]:
