@@ -49,6 +49,29 @@ def tiling_rows(sampler: LatentDiffusionSampler, tiles: Sequence[int | None], se
     return rows
 
 
+def _decode(autoencoder: AutoencoderKL, latents: torch.Tensor, tile: int | None) -> torch.Tensor:
+    """Images from latents, as the sampler decodes them."""
+    return TiledDecoder(autoencoder, tile)(latents) if tile else autoencoder.decode_stage_2_outputs(latents)
+
+
+def _encode(autoencoder: AutoencoderKL, images: torch.Tensor, tile: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and sigma of images, as the latent encoding of the noise stages computes them."""
+    return TiledEncoder(autoencoder, tile)(images) if tile else autoencoder.encode(images)
+
+
+def _reconstruct(autoencoder: AutoencoderKL, images: torch.Tensor, tile: int | None) -> torch.Tensor:
+    """Decoded posterior means of images, as the autoencoder's validation computes them."""
+    return tiled_reconstruct(autoencoder, images, tile) if tile else autoencoder.reconstruct(images)
+
+
+#: What `volume_work` can run, by name.
+VOLUME_OPERATIONS: dict[str, Callable[[AutoencoderKL, torch.Tensor, int | None], Any]] = {
+    "decode": _decode,
+    "encode": _encode,
+    "reconstruct": _reconstruct,
+}
+
+
 def volume_work(
     config: Configuration,
     operation: str,
@@ -78,29 +101,6 @@ def volume_work(
             return VOLUME_OPERATIONS[operation](s["autoencoder"], s["input"], tile)
 
     return Work(setup, step, lambda s: [*s["autoencoder"].parameters(), s["input"], *s["beside"]], warmup=False)
-
-
-def _decode(autoencoder: AutoencoderKL, latents: torch.Tensor, tile: int | None) -> torch.Tensor:
-    """Images from latents, as the sampler decodes them."""
-    return TiledDecoder(autoencoder, tile)(latents) if tile else autoencoder.decode_stage_2_outputs(latents)
-
-
-def _encode(autoencoder: AutoencoderKL, images: torch.Tensor, tile: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior mean and sigma of images, as the latent encoding of the noise stages computes them."""
-    return TiledEncoder(autoencoder, tile)(images) if tile else autoencoder.encode(images)
-
-
-def _reconstruct(autoencoder: AutoencoderKL, images: torch.Tensor, tile: int | None) -> torch.Tensor:
-    """Decoded posterior means of images, as the autoencoder's validation computes them."""
-    return tiled_reconstruct(autoencoder, images, tile) if tile else autoencoder.reconstruct(images)
-
-
-#: What `volume_work` can run, by name.
-VOLUME_OPERATIONS: dict[str, Callable[[AutoencoderKL, torch.Tensor, int | None], Any]] = {
-    "decode": _decode,
-    "encode": _encode,
-    "reconstruct": _reconstruct,
-}
 
 
 def decode_estimate_gib(config: Configuration, tile: int | None, as_loaded: bool = True) -> float:

@@ -11,9 +11,9 @@ AUTOENCODER = AutoencoderKL(
 )  # fmt: skip
 
 
-def test_the_whole_volume_estimate_is_three_full_resolution_activations():
-    assert whole_volume_bytes(AUTOENCODER, (2, 512, 512, 128), torch.float32) == 3 * 8 * 2 * 512 * 512 * 128 * 4
-    assert whole_volume_bytes(AUTOENCODER, (512, 512, 128), torch.bfloat16) == 3 * 8 * 512 * 512 * 128 * 2
+def test_the_whole_volume_estimate_is_three_full_resolution_activations_of_the_wider_fine_level():
+    assert whole_volume_bytes(AUTOENCODER, (2, 512, 512, 128), torch.float32) == 3 * 16 * 2 * 512 * 512 * 128 * 4
+    assert whole_volume_bytes(AUTOENCODER, (512, 512, 128), torch.bfloat16) == 3 * 16 * 512 * 512 * 128 * 2
 
 
 def test_auto_decodes_whole_what_fits_and_tiles_what_does_not():

@@ -1,10 +1,11 @@
 """Whole or tiled: encode and decode whole volumes when they fit in the device's free memory, else in tiles.
 
 `encode_tile` / `decode_tile` "auto" (the default) estimates the whole pass's peak as three
-full-resolution activations of the autoencoder's widest full-resolution level (the thesis decoder
-at 256^3 measures 2.8 times one: bundle/docs/benchmark_gpu.md) and tiles by `AUTO_TILE` latent voxels
-when that passes half of the free memory; tiles give the same result up to float rounding
-(`scripts.networks.tiling`), so the choice costs time, never accuracy.
+full-resolution activations as wide as the wider of the two finest levels (the decoder's last
+upsampling runs the second level's channels at full size; bench/performance.py's budget estimates
+48.7 GB for a whole highres decode at 512 x 512 x 128, this rule 51.5 GB) and tiles by `AUTO_TILE`
+latent voxels when that passes half of the free memory; tiles give the same result up to float
+rounding (`scripts.networks.tiling`), so the choice costs time, never accuracy.
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ def free_memory_bytes(device: torch.device | str) -> int:
 
 def whole_volume_bytes(autoencoder: AutoencoderKL, image_shape: Sequence[int], dtype: torch.dtype) -> int:
     """Estimated peak bytes of encoding or decoding one whole volume of `image_shape` (X, Y, Z)."""
-    full_resolution_channels = autoencoder.encoder.channels[0]
+    full_resolution_channels = max(
+        autoencoder.encoder.channels[:2]
+    )  # the decoder upsamples the second level to full size
     element = torch.empty((), dtype=dtype).element_size()
     return PEAK_ACTIVATIONS * full_resolution_channels * math.prod(image_shape) * element
 
