@@ -64,7 +64,8 @@ class PeakMemory:
         if self.device.type == "cuda":
             self.peak_gib = torch.cuda.max_memory_allocated(self.device) / GIB
         else:
-            self.peak_gib = _status_kib("VmHWM") * 1024 / GIB
+            # VmHWM lags the per-thread RSS counters the VmRSS reading includes: never below what was held at the start
+            self.peak_gib = max(self.before_gib, _status_kib("VmHWM") * 1024 / GIB)
 
 
 def device_name(device: torch.device) -> str:
