@@ -12,7 +12,7 @@ from monai.transforms import LoadImaged
 
 from helpers import TINY, run_bundle
 from helpers.corrupt import CORRUPTIONS, preprocessed_phantoms, write_volumes
-from scripts.evaluation.data import reference_items, sample_grid, stack_images
+from scripts.evaluation.data import reference_items, stack_images
 from scripts.phantoms.thorax import write_phantoms
 
 GRID = TINY["grid_size"]
@@ -147,13 +147,7 @@ def test_reference_folder_of_nifti_and_input_checks(generation_inputs, tmp_path)
         reference_items(tmp_path)
     with pytest.raises(FileNotFoundError, match="reference_dir not found"):
         reference_items(tmp_path / "absent")
-    assert sample_grid(samples) == [GRID] * 3
     nib.save(nib.Nifti1Image(np.zeros((GRID, GRID, GRID // 2), np.int16), np.eye(4)), tmp_path / "flat_ct.nii.gz")
-    assert sample_grid(tmp_path) == [GRID, GRID, GRID // 2]  # per-axis grids such as 512 x 512 x 128
-    (tmp_path / "slice").mkdir()
-    nib.save(nib.Nifti1Image(np.zeros((GRID, GRID), np.int16), np.eye(4)), tmp_path / "slice" / "slice_ct.nii.gz")
-    with pytest.raises(ValueError, match="slice_ct.nii.gz: expected a 3D volume"):
-        sample_grid(tmp_path / "slice")
     loaded = Dataset(
         [{"image": str(tmp_path / "flat_ct.nii.gz"), "case": "flat"}], LoadImaged("image", ensure_channel_first=True)
     )

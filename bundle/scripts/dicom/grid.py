@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import nibabel as nib
 import numpy as np
@@ -30,10 +31,14 @@ class Grid:
         axis = self.affine_lps[:3, 2]
         return axis / np.linalg.norm(axis)
 
+    @cached_property
+    def _inverse(self) -> np.ndarray:
+        """LPS mm to voxel, computed once: readers map every contour and SEG frame through it."""
+        return np.linalg.inv(self.affine_lps)
+
     def to_voxel(self, points_lps: np.ndarray) -> np.ndarray:
         """Continuous voxel coordinates (N, 3) of LPS points (N, 3)."""
-        inverse = np.linalg.inv(self.affine_lps)
-        return np.asarray(points_lps, float) @ inverse[:3, :3].T + inverse[:3, 3]
+        return np.asarray(points_lps, float) @ self._inverse[:3, :3].T + self._inverse[:3, 3]
 
 
 def slice_major(shape: tuple[int, int, int], dtype) -> np.ndarray:

@@ -3,7 +3,10 @@
 Only headers are read here (no pixel data). A file is DICOM when it carries the `DICM` prefix, or when it has no
 file meta header (as some exports and pydicom's own `rtstruct.dcm`) but starts with a group 0008 element and
 reads as a dataset with a SOP Class. Anything else is not DICOM and is ignored; DICOM that cannot be read, or
-lacks the tags that place it in a series, is reported as unreadable.
+lacks a Modality or any instance UID, is reported as unreadable. Anonymised exports often blank UIDs in the data
+set: the file meta's MediaStorageSOPInstanceUID stands in for an empty SOPInstanceUID, and files without a
+SeriesInstanceUID are grouped by what one series shares (modality, frame of reference, orientation, pixel spacing,
+size and folder).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 
 #: Tags read from every file: the grouping keys, and what the readers check before they touch pixels.
 HEADER_TAGS = (
@@ -31,12 +35,13 @@ HEADER_TAGS = (
     "Rows",
     "Columns",
     "NumberOfFrames",
+    "LossyImageCompression",
     "ReferencedFrameOfReferenceSequence",
     "ReferencedSeriesSequence",
+    "StructureSetROISequence",
 )
-
-#: Tags without which a DICOM file cannot be placed in a series.
-REQUIRED_TAGS = ("SOPInstanceUID", "SeriesInstanceUID", "Modality")
+#: Decimals kept of orientation and pixel spacing when they group files that lack a SeriesInstanceUID.
+GROUPING_DECIMALS = 4
 
 
 class UnreadableDicom(ValueError):
@@ -55,6 +60,9 @@ class DicomFile:
     frame_of_reference: str
     sop_instance_uid: str
     referenced_series: tuple[str, ...] = ()
+    referenced_instances: tuple[str, ...] = ()
+    transfer_syntax: str = ""
+    lossy: bool = False
     position: tuple[float, ...] | None = None
     orientation: tuple[float, ...] | None = None
     pixel_spacing: tuple[float, ...] | None = None
@@ -65,7 +73,7 @@ class DicomFile:
 
 @dataclass
 class Series:
-    """The files of one SeriesInstanceUID within one patient (duplicate instances dropped)."""
+    """The files of one series of a patient (by SeriesInstanceUID, else by what they share), duplicates dropped."""
 
     uid: str
     modality: str
@@ -81,6 +89,11 @@ class Series:
     def referenced_series(self) -> set[str]:
         """SeriesInstanceUIDs its files point at (the CT an RTSTRUCT or SEG was drawn on)."""
         return {uid for f in self.files for uid in f.referenced_series}
+
+    @property
+    def referenced_instances(self) -> set[str]:
+        """SOPInstanceUIDs its files point at (the CT slices an RTSTRUCT or SEG was drawn on)."""
+        return {uid for f in self.files for uid in f.referenced_instances}
 
 
 @dataclass
@@ -130,38 +143,61 @@ def _floats(dataset: Dataset, keyword: str) -> tuple[float, ...] | None:
     return tuple(float(v) for v in value) if value else None
 
 
-def _referenced(dataset: Dataset) -> tuple[str, tuple[str, ...]]:
-    """An RTSTRUCT's or SEG's frame of reference and the series it references."""
-    frames = [item.get("FrameOfReferenceUID", "") for item in dataset.get("ReferencedFrameOfReferenceSequence", [])]
+def _uids(items: Iterable[Dataset], keyword: str) -> tuple[str, ...]:
+    """The non-empty values of one UID tag across sequence items (anonymisers blank or drop some)."""
+    return tuple(uid for uid in (str(item.get(keyword, "") or "") for item in items) if uid)
+
+
+def _referenced(dataset: Dataset) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """An RTSTRUCT's or SEG's frame of reference, and the series and instances (CT slices) it references."""
+    frames = list(dataset.get("ReferencedFrameOfReferenceSequence", []))
     series = [
-        str(item.SeriesInstanceUID)
-        for frame in dataset.get("ReferencedFrameOfReferenceSequence", [])
+        item
+        for frame in frames
         for study in frame.get("RTReferencedStudySequence", [])
         for item in study.get("RTReferencedSeriesSequence", [])
-    ] + [
-        str(item.SeriesInstanceUID)
-        for item in dataset.get("ReferencedSeriesSequence", [])
-        if "SeriesInstanceUID" in item
+    ] + list(dataset.get("ReferencedSeriesSequence", []))
+    images = [
+        image
+        for item in series
+        for image in [*item.get("ContourImageSequence", []), *item.get("ReferencedInstanceSequence", [])]
     ]
-    own = str(dataset.get("FrameOfReferenceUID", "") or (frames[0] if frames else ""))
-    return own, tuple(series)
+    frame_uids = (
+        _uids([dataset], "FrameOfReferenceUID")
+        + _uids(frames, "FrameOfReferenceUID")
+        + _uids(dataset.get("StructureSetROISequence", []), "ReferencedFrameOfReferenceUID")
+    )
+    own = frame_uids[0] if frame_uids else ""
+    return own, _uids(series, "SeriesInstanceUID"), _uids(images, "ReferencedSOPInstanceUID")
 
 
 def _fields(path: Path, dataset: Dataset) -> DicomFile:
-    """The header fields ingestion uses, converted; errors on malformed values."""
-    missing = [tag for tag in REQUIRED_TAGS if not dataset.get(tag)]
+    """The header fields ingestion uses, converted; errors on malformed values or a lacking Modality or instance UID."""
+    meta = getattr(dataset, "file_meta", None) or Dataset()
+    instance = str(dataset.get("SOPInstanceUID", "") or meta.get("MediaStorageSOPInstanceUID", "") or "")
+    missing = [
+        name
+        for name, value in (
+            ("Modality", dataset.get("Modality")),
+            ("SOPInstanceUID and MediaStorageSOPInstanceUID", instance),
+        )
+        if not value
+    ]
     if missing:
         raise UnreadableDicom(f"incomplete header: lacks {', '.join(missing)}")
-    frame_of_reference, referenced = _referenced(dataset)
+    frame_of_reference, series, instances = _referenced(dataset)
     return DicomFile(
         path=str(path),
         patient_id=str(dataset.get("PatientID", "") or "").strip(),
-        study_uid=str(dataset.get("StudyInstanceUID", "")),
-        series_uid=str(dataset.SeriesInstanceUID),
+        study_uid=str(dataset.get("StudyInstanceUID", "") or ""),
+        series_uid=str(dataset.get("SeriesInstanceUID", "") or ""),
         modality=str(dataset.Modality).upper(),
         frame_of_reference=frame_of_reference,
-        sop_instance_uid=str(dataset.SOPInstanceUID),
-        referenced_series=referenced,
+        sop_instance_uid=instance,
+        referenced_series=series,
+        referenced_instances=instances,
+        transfer_syntax=str(meta.get("TransferSyntaxUID", "") or ""),
+        lossy=str(dataset.get("LossyImageCompression", "") or "").strip() == "01",
         position=_floats(dataset, "ImagePositionPatient"),
         orientation=_floats(dataset, "ImageOrientationPatient"),
         pixel_spacing=_floats(dataset, "PixelSpacing"),
@@ -198,6 +234,22 @@ def read_headers(paths: Sequence[Path]) -> list[DicomFile | str | None]:
     return results
 
 
+def _series_uid(patient_id: str, path: Path, header: DicomFile) -> tuple[str, str | None]:
+    """The file's SeriesInstanceUID; when it is empty, one made from what a series shares, with a warning to give."""
+    if header.series_uid:
+        return header.series_uid, None
+    rounded = [
+        None if v is None else tuple(round(x, GROUPING_DECIMALS) for x in v)
+        for v in (header.orientation, header.pixel_spacing)
+    ]
+    shared = (header.modality, header.frame_of_reference, *rounded, header.rows, header.columns, str(path.parent))
+    uid = generate_uid(entropy_srcs=[patient_id, *map(str, shared)])
+    return uid, (
+        f"{header.modality} files in {path.parent} lack SeriesInstanceUID: grouped by modality, frame of reference, "
+        f"orientation, pixel spacing, size and folder as series {uid}"
+    )
+
+
 def group(root: Path, paths: Sequence[Path], headers: Iterable[DicomFile | str | None]) -> DicomIndex:
     """Group read headers into patients and series; a patient without PatientID is named after its top folder."""
     index = DicomIndex(patients={}, not_dicom=[], unreadable={}, warnings=[])
@@ -224,10 +276,12 @@ def group(root: Path, paths: Sequence[Path], headers: Iterable[DicomFile | str |
             continue
         seen[header.sop_instance_uid] = str(path)
         patient = index.patients.setdefault(patient_id, Patient(patient_id))
-        key = (patient_id, header.series_uid)
+        uid, synthesized = _series_uid(patient_id, path, header)
+        key = (patient_id, uid)
         if key not in series:
-            series[key] = Series(header.series_uid, header.modality, header.study_uid)
+            series[key] = Series(uid, header.modality, header.study_uid)
             patient.series.append(series[key])
+            patient.warnings += [synthesized] if synthesized else []
         series[key].files.append(header)
     for patient_id, note in from_folder.items():
         index.patients[patient_id].warnings.append(note)

@@ -29,7 +29,7 @@ from scripts.dicom.index import DicomFile, Patient, Series, group, list_files, r
 from scripts.dicom.roi_names import RoiNames, load_roi_names
 from scripts.dicom.rtstruct import read_rtstruct
 from scripts.dicom.seg import read_seg
-from scripts.dicom.series import SeriesError, check_series, read_hu
+from scripts.dicom.series import SeriesError, check_series, lossy_warning, read_hu
 from scripts.dicom.structures import StructureSet, label_map, merge
 
 logger = logging.getLogger(__name__)
@@ -74,17 +74,31 @@ def case_names(patient_ids: list[str]) -> dict[str, str | None]:
     return names
 
 
+def _referenced_cts(cts: list[Series], sources: list[Series]) -> list[Series]:
+    """The CT series the structure sets reference: by series UID, else by slice UIDs, else by frame of reference.
+
+    Anonymised exports may blank or replace the CT's SeriesInstanceUID while the RTSTRUCT/SEG keep the original,
+    and some structure sets name only their frame of reference, so each weaker reference is tried in turn.
+    """
+    series = set().union(*(s.referenced_series for s in sources))
+    instances = set().union(*(s.referenced_instances for s in sources))
+    frames = set().union(*(s.frames_of_reference for s in sources)) - {""}
+    return (
+        [c for c in cts if c.uid in series]
+        or [c for c in cts if any(f.sop_instance_uid in instances for f in c.files)]
+        or [c for c in cts if c.frames_of_reference & frames]
+    )
+
+
 def _choose_ct(patient: Patient, sources: list[Series], notes: _Notes) -> Series:
-    """The patient's CT series: the only one, else the one its structure sets reference (by series or frame)."""
+    """The patient's CT series: the only one, else the one its structure sets reference."""
     cts = patient.of_modality("CT")
     if not cts:
         found = sorted({s.modality for s in patient.series})
         raise Exclusion(f"no CT series (found {', '.join(found)})")
     if len(cts) == 1:
         return cts[0]
-    referenced = set().union(*(s.referenced_series for s in sources))
-    frames = set().union(*(s.frames_of_reference for s in sources))
-    candidates = [c for c in cts if c.uid in referenced] or [c for c in cts if c.frames_of_reference & frames]
+    candidates = _referenced_cts(cts, sources)
     if len(candidates) != 1:
         raise Exclusion(
             f"{len(cts)} CT series and {len(candidates) or 'none'} of them referenced by the RTSTRUCT/SEG: "
@@ -148,6 +162,9 @@ def _convert(patient: Patient, folder: Path, names: RoiNames, prefer: str, overw
         hu = read_hu(slices)
     except SeriesError as error:
         raise Exclusion(f"CT series {ct.uid}: {error}") from error
+    lossy = lossy_warning(slices)
+    if lossy:
+        notes.warnings.append(lossy)
     if "gtv_1" not in masks:
         notes.warnings.append("no GTV-1 (primary tumor) among the structures")
     record = {
@@ -232,9 +249,10 @@ def ingest(
     """Convert the DICOM tree under `src` into NIfTI cases under `dst`, with report.json and datalist.json.
 
     Files are grouped by their tags (PatientID, SeriesInstanceUID, Modality, FrameOfReferenceUID), never by folder
-    names. A patient needs a CT series and at least one RTSTRUCT or SEG; each structure is taken from the
-    preferred kind of source when both give it (report.json says which file and ROIs gave it). Patients that
-    cannot be converted are listed in report.json with the reason; the others still convert.
+    names, unless an anonymiser blanked the PatientID or SeriesInstanceUID. A patient needs a CT series and at
+    least one RTSTRUCT or SEG; each structure is taken from the preferred kind of source when both give it
+    (report.json says which file and ROIs gave it). Patients that cannot be converted are listed in report.json
+    with the reason; the others still convert.
 
     Args:
         src: root of the DICOM tree (e.g. the NSCLC-Radiomics download).

@@ -8,6 +8,8 @@ segment has no frame or no voxel, or one of its frames lies on no CT slice.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
@@ -21,6 +23,8 @@ from scripts.dicom.structures import Roi, StructureSet
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 #: Largest sine of the angle between a frame and the CT slices that still counts as parallel.
 PARALLEL_TOLERANCE = 1e-3
+#: Largest deviation (frame pixels) of the CT-voxel-to-frame-pixel map from the identity for a frame to be read as is.
+SAME_GRID_TOLERANCE = 1e-3
 
 
 class FrameError(ValueError):
@@ -44,6 +48,20 @@ def _nearest_pixels(
     columns = np.rint(matrix[1, 0] * i + matrix[1, 1] * j + shift[1]).astype(np.int64)
     inside = (rows >= 0) & (rows < frame_shape[0]) & (columns >= 0) & (columns < frame_shape[1])
     return np.where(inside, rows * frame_shape[1] + columns, 0), inside
+
+
+def _sampler(
+    matrix: np.ndarray, shift: np.ndarray, frame_shape: tuple[int, int], shape
+) -> Callable[[np.ndarray], np.ndarray]:
+    """From a frame's pixels to their values at one CT slice's voxel centres (nearest neighbour, 0 outside the frame).
+
+    A frame on the CT's own pixel grid (the usual SEG) is only transposed, skipping the per-voxel lookup.
+    """
+    identity = np.allclose(matrix, [[0, 1], [1, 0]], atol=SAME_GRID_TOLERANCE)
+    if identity and np.allclose(shift, 0, atol=SAME_GRID_TOLERANCE) and tuple(frame_shape) == (shape[1], shape[0]):
+        return np.transpose
+    flat, inside = _nearest_pixels(matrix, shift, frame_shape, shape)
+    return lambda pixels: np.where(inside, np.take(pixels, flat), 0)
 
 
 def _frame_placement(frame: Dataset, shared: Dataset, grid: Grid) -> tuple[int, np.ndarray, np.ndarray]:
@@ -87,7 +105,7 @@ def _segment_masks(dataset: Dataset, grid: Grid, numbers: set[int]) -> tuple[dic
     shared = dataset.get("SharedFunctionalGroupsSequence", [Dataset()])[0]
     masks = {number: slice_major(grid.shape, bool) for number in numbers}
     errors: dict[int, str] = {}
-    samplings: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # frames usually share one in-plane placement
+    samplings: dict[tuple, Callable[[np.ndarray], np.ndarray]] = {}  # frames usually share one in-plane placement
     for index, frame_item in enumerate(dataset.get("PerFrameFunctionalGroupsSequence", [])):
         number = int(_functional(frame_item, shared, "SegmentIdentificationSequence").ReferencedSegmentNumber)
         if number not in masks or number in errors:
@@ -99,9 +117,8 @@ def _segment_masks(dataset: Dataset, grid: Grid, numbers: set[int]) -> tuple[dic
             continue
         key = tuple(np.round(np.concatenate([matrix.ravel(), shift]), 6))
         if key not in samplings:
-            samplings[key] = _nearest_pixels(matrix, shift, pixels.shape[1:], grid.shape[:2])
-        flat, inside = samplings[key]
-        masks[number][:, :, k] |= (np.take(pixels[index], flat) > threshold) & inside
+            samplings[key] = _sampler(matrix, shift, pixels.shape[1:], grid.shape[:2])
+        masks[number][:, :, k] |= samplings[key](pixels[index]) > threshold
     return masks, errors
 
 

@@ -1,8 +1,10 @@
 """A CT series as one volume in HU on its true grid: geometry checks, slices ordered along the normal, rescale applied.
 
 The checks run on headers alone, so a series is refused before any pixel is read. A series is refused (with the
-reason) when it is multi-frame, has a single slice, lacks geometry tags, mixes image sizes, pixel spacings,
-orientations or frames of reference, has duplicate or missing slices, uneven slice spacing, or a gantry tilt.
+reason) when it is multi-frame, has a single slice, is stored in a transfer syntax no installed pixel data handler
+decodes, lacks geometry tags, mixes image sizes, pixel spacings, orientations or frames of reference, has duplicate
+or missing slices, uneven slice spacing, or a gantry tilt. Compressed slices (JPEG, JPEG-LS, JPEG 2000, RLE) are
+decoded by pydicom's handlers (GDCM, from requirements.txt).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import pydicom
+from pydicom import config
+from pydicom.uid import JPEG2000, JPEG2000MC, UID, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSNearLossless
 
 from scripts.dicom.grid import Grid, slice_major
 from scripts.dicom.index import DicomFile, Series
@@ -23,10 +27,48 @@ DUPLICATE_TOLERANCE_MM = 0.01
 SPACING_TOLERANCE = 0.01
 #: Largest angle (degrees) between the slice normal and the line through the slice positions (gantry tilt).
 TILT_TOLERANCE_DEG = 0.1
+#: Transfer syntaxes that are, or may be, lossy (JPEG 2000 Image Compression holds either kind).
+LOSSY_SYNTAXES = frozenset({JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSNearLossless, JPEG2000, JPEG2000MC})
 
 
 class SeriesError(ValueError):
     """A CT series that cannot be one regular volume; the message says why and names the files."""
+
+
+def _syntax_name(uid: str) -> str:
+    """A transfer syntax as its name and UID, for messages ("unknown" when pydicom does not know the UID)."""
+    name = UID(uid).name
+    return f"{name if name != uid else 'unknown'} ({uid})"
+
+
+def _decodable(uid: str) -> bool:
+    """Whether an installed pydicom pixel data handler decodes this transfer syntax; none (no file meta) is native."""
+    return not uid or any(h.is_available() and h.supports_transfer_syntax(UID(uid)) for h in config.pixel_data_handlers)
+
+
+def _decoding_problem(files: Sequence[DicomFile]) -> str | None:
+    """Why some slices' pixel data cannot be decoded here (from their transfer syntax), or None when all can."""
+    refused = sorted({f.transfer_syntax for f in files if not _decodable(f.transfer_syntax)})
+    if not refused:
+        return None
+    first = next(f.path for f in files if f.transfer_syntax == refused[0])
+    return (
+        f"transfer syntax {', '.join(map(_syntax_name, refused))} cannot be decoded: no installed pixel data handler "
+        f"supports it (python-gdcm decodes JPEG, JPEG-LS and JPEG 2000; first file {first})"
+    )
+
+
+def lossy_warning(files: Sequence[DicomFile]) -> str | None:
+    """A warning when slices are (or may be) lossily compressed, as their HU then differ from the scanner's; else None."""
+    syntaxes = sorted({f.transfer_syntax for f in files if f.transfer_syntax in LOSSY_SYNTAXES})
+    marked = sum(f.lossy for f in files)
+    reasons = [f"transfer syntax {_syntax_name(uid)}" for uid in syntaxes]
+    reasons += [f"LossyImageCompression 01 in {marked} of {len(files)} slices"] if marked else []
+    return (
+        f"CT slices may be lossily compressed ({'; '.join(reasons)}): HU may differ from the scanner's"
+        if reasons
+        else None
+    )
 
 
 def _geometry_problem(files: Sequence[DicomFile]) -> str | None:
@@ -83,7 +125,7 @@ def check_series(series: Series) -> tuple[Grid, list[DicomFile]]:
         raise SeriesError(f"multi-frame (enhanced) CT is not supported: {multi_frame[0]}")
     if len(files) < 2:
         raise SeriesError(f"single-slice series ({files[0].path}): not a volume")
-    problem = _geometry_problem(files)
+    problem = _decoding_problem(files) or _geometry_problem(files)
     if problem:
         raise SeriesError(problem)
     row_direction, column_direction = np.array(files[0].orientation[:3]), np.array(files[0].orientation[3:])

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 from monai.utils import optional_import
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pydicom.valuerep import format_number_as_ds
 from skimage.measure import find_contours
 
@@ -29,6 +29,12 @@ RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 STUDY_REFERENCE_CLASS = "1.2.840.10008.3.1.2.3.1"
 #: Unsigned CT pixels: HU = pixel + this intercept.
 RESCALE_INTERCEPT = -1024
+#: The SEG's ContentCreatorName in DICOM's family^given Person Name form (a bare product name is the retired form).
+CONTENT_CREATOR = "SYNTHETIC^LUNGCT"
+#: Elements pydicom-seg's template adds to every SEG: no other object of the study has them, and no trial exists.
+SEG_CLINICAL_TRIAL = ("ClinicalTrialTimePointID", "ClinicalTrialSeriesID", "ClinicalTrialCoordinatingCenterName")
+#: Smallest contour planning systems accept: fewer points enclose no area.
+MIN_CONTOUR_POINTS = 3
 
 _ALTERED = {
     "CodeValue": "49755003",
@@ -66,24 +72,26 @@ def to_lps(volume: np.ndarray, affine_ras: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def trace_contours(mask: np.ndarray, affine_lps: np.ndarray) -> list[tuple[int, np.ndarray]]:
-    """Closed contours (slice index, LPS points N x 3) around each slice's mask, through the edge midpoints of its voxels."""
+    """Closed contours (slice index, LPS points N x 3, N >= 3) around each slice's mask, via voxel edge midpoints."""
     contours = []
     for k in np.nonzero(mask.any(axis=(0, 1)))[0]:
         padded = np.pad(mask[:, :, k], 1).astype(np.float32)
         for line in find_contours(padded, 0.5):
+            if len(line) - 1 < MIN_CONTOUR_POINTS:
+                continue
             voxels = np.column_stack([line[:-1] - 1.0, np.full(len(line) - 1, k), np.ones(len(line) - 1)])
             contours.append((int(k), (voxels @ affine_lps.T)[:, :3]))
     return contours
 
 
-def _new_dataset(sop_class: str, sop_instance: str, common: Dataset) -> Dataset:
-    """A dataset with file meta for Explicit VR Little Endian, carrying the patient and study attributes of `common`."""
+def _new_dataset(sop_class: str, sop_instance: str, common: Dataset, implicit_vr: bool = False) -> Dataset:
+    """A dataset with file meta for Explicit (or Implicit) VR Little Endian, carrying the patient and study attributes of `common`."""
     dataset = Dataset()
     dataset.file_meta = FileMetaDataset()
     dataset.file_meta.MediaStorageSOPClassUID = sop_class
     dataset.file_meta.MediaStorageSOPInstanceUID = sop_instance
-    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset.is_little_endian, dataset.is_implicit_VR = True, False
+    dataset.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit_vr else ExplicitVRLittleEndian
+    dataset.is_little_endian, dataset.is_implicit_VR = True, implicit_vr
     dataset.update(copy.deepcopy(common))  # own elements: a later assignment must not reach other datasets
     dataset.SOPClassUID, dataset.SOPInstanceUID = sop_class, sop_instance
     return dataset
@@ -92,7 +100,9 @@ def _new_dataset(sop_class: str, sop_instance: str, common: Dataset) -> Dataset:
 def ct_slices(hu: np.ndarray, affine_lps: np.ndarray, uid: Uid, common: Dataset, signed: bool = False) -> list[Dataset]:
     """One CT Image Storage dataset per slice k of `hu` (voxel order column, row, slice), instance 1 at the head end.
 
-    Pixels are unsigned with RescaleIntercept -1024, or with `signed` int16 holding HU (intercept 0).
+    Pixels are unsigned with RescaleIntercept -1024, or with `signed` int16 holding HU (intercept 0). The patient lies
+    head first supine (HFS, what planning systems assume) and the body part is the chest, an unpaired one, so the series
+    needs no Laterality.
     """
     intercept = 0 if signed else RESCALE_INTERCEPT
     stored = hu.astype(np.int32) - intercept
@@ -115,6 +125,9 @@ def ct_slices(hu: np.ndarray, affine_lps: np.ndarray, uid: Uid, common: Dataset,
                 "ImageType": ["ORIGINAL", "PRIMARY", "AXIAL"],
                 "SeriesInstanceUID": uid("ct"),
                 "SeriesNumber": 1,
+                "BodyPartExamined": "CHEST",
+                "PatientPosition": "HFS",
+                "AcquisitionNumber": 1,
                 "InstanceNumber": hu.shape[2] - k,
                 "ImagePositionPatient": _ds(position[:3]),
                 "ImageOrientationPatient": _ds(orientation),
@@ -176,9 +189,18 @@ def rtstruct_dataset(
     rois: Rois, slices: list[Dataset], affine_lps: np.ndarray, uid: Uid, common: Dataset, label: str
 ) -> Dataset:
     """An RTSTRUCT named `label` holding each ROI's contours, traced on the CT `slices` (in voxel slice order)."""
-    dataset = _new_dataset(RT_STRUCTURE_SET_STORAGE, uid("rtstruct", 0), common)
+    # implicit VR: explicit VR caps a DS element at 64 KiB, less than a body outline's ContourData at 512 x 512
+    dataset = _new_dataset(RT_STRUCTURE_SET_STORAGE, uid("rtstruct", 0), common, implicit_vr=True)
     dataset.update(
-        {"Modality": "RTSTRUCT", "SeriesInstanceUID": uid("rtstruct"), "SeriesNumber": 2, "InstanceNumber": 1}
+        {
+            "Modality": "RTSTRUCT",
+            "SeriesInstanceUID": uid("rtstruct"),
+            "SeriesNumber": 2,
+            "OperatorsName": "",
+            "InstanceNumber": 1,
+            "FrameOfReferenceUID": slices[0].FrameOfReferenceUID,
+            "PositionReferenceIndicator": slices[0].PositionReferenceIndicator,
+        }
     )
     dataset.update(
         {"StructureSetLabel": label, "StructureSetDate": common.StudyDate, "StructureSetTime": common.StudyTime}
@@ -223,7 +245,7 @@ def seg_dataset(rois: Rois, slices: list[Dataset], affine_lps: np.ndarray, uid: 
             }
         )
     template = pydicom_seg.template.from_dcmqi_metainfo(
-        {"ContentCreatorName": algorithm, "SeriesNumber": "300", "segmentAttributes": [attributes]}
+        {"ContentCreatorName": CONTENT_CREATOR, "SeriesNumber": "300", "segmentAttributes": [attributes]}
     )
     spacing = np.linalg.norm(affine_lps[:3, :3], axis=0)
     image = sitk.GetImageFromArray(np.transpose(segments, (2, 1, 0)))
@@ -234,6 +256,8 @@ def seg_dataset(rois: Rois, slices: list[Dataset], affine_lps: np.ndarray, uid: 
     # FrameOfReferenceUID through them: hand it copies, and set the CT's frame of reference back
     dataset = pydicom_seg.MultiClassWriter(template=template).write(image, copy.deepcopy(slices))
     dataset.FrameOfReferenceUID = slices[0].FrameOfReferenceUID
+    for keyword in SEG_CLINICAL_TRIAL:
+        delattr(dataset, keyword)
     dataset.SeriesInstanceUID = uid("seg")
     dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = uid("seg", 0)
     return dataset

@@ -14,14 +14,19 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
 from scripts.bundle_config import BUNDLE_DIR
+from scripts.data.volumes import to_hu
 from scripts.transforms.alignment import lungs_from_hu
 from scripts.transforms.body_mask import body_mask
+
+if TYPE_CHECKING:
+    from scripts.evaluation.data import StackedImages
 
 logger = logging.getLogger(__name__)
 
@@ -163,6 +168,17 @@ def judge_files(files: Sequence[Path], config: str | Path | None = None) -> dict
     """Judgement of each file, keyed by file name."""
     loaded = load_config(config)
     return {Path(f).name: judge_volume(*load_ras(f), loaded) for f in files}
+
+
+def judge_images(
+    images: StackedImages, hu_window: Sequence[float], spacing_mm: Sequence[float], config: str | Path | None = None
+) -> dict[str, dict]:
+    """Judgement of each volume of a batch in [-1, 1] on the working grid, keyed by name: the volumes the evaluation scores."""
+    loaded = load_config(config)
+    return {
+        name: judge_volume(to_hu(image[0], hu_window).astype(np.float32), spacing_mm, loaded)
+        for image, name in zip(images.images, images.names)
+    }
 
 
 def write_quality_report(samples: str, config: str | None = None) -> Path:

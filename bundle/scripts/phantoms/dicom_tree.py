@@ -1,10 +1,11 @@
 """The bundle's thorax phantoms as a DICOM tree in the NSCLC-Radiomics layout, so `ingest` is tested on known truth.
 
 `<out>/PHANTOM-XXX/<study>/<series>/<files>` per case: a CT Image Storage series (unsigned pixels with
-RescaleIntercept -1024, standard axial orientation, files numbered from the head down), an RTSTRUCT whose closed
-planar contours are traced from the phantom's masks, and a DICOM SEG (written with pydicom-seg). ROI and segment
-names vary between cases as clinical names do (GTV-1, GTV1, gtv 1, Lung-Left with Lung-Right, Lungs-Total,
-lung_r...). The cases are those `scripts.phantoms.thorax.write_phantoms` writes as NIfTI, converted.
+RescaleIntercept -1024, standard axial orientation, files numbered from the head down, ImageType ORIGINAL, PRIMARY
+like the scanner series these trees stand in for), an RTSTRUCT whose closed planar contours are traced from the
+phantom's masks, and a DICOM SEG (written with pydicom-seg). ROI and segment names vary between cases as clinical
+names do (GTV-1, GTV1, gtv 1, Lung-Left with Lung-Right, Lungs-Total, lung_r...). The cases are those
+`scripts.phantoms.thorax.write_phantoms` writes as NIfTI, converted.
 """
 
 from __future__ import annotations
