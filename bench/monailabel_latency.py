@@ -1,15 +1,21 @@
-"""Benchmark: request latency of the MONAI Label app's tasks, and how long another request waits during a generation.
+"""Benchmark: request latency of the MONAI Label app's tasks, and the latency of GET /info/ while generations run.
 
 Usage (from the repository root):
     .venv/bin/python bench/monailabel_latency.py [--model-dir DIR] [--steps 10 50] [--repeats 3] [--threads 1]
+        [--server serve|start_server] [--load 6] [--queue-size 4]
 Without --model-dir the server uses the bundle's default weights (models/, else the demo weights).
-Starts a real server (`monailabel start_server`, 127.0.0.1) on a phantom study and prints, per task and
-step count, the wall time of a request through MONAILabelClient (median and best of --repeats) and the
-sampling time the server reports; then the latency of GET /info/ when idle and when sent 0.3 s into a
-generation of the largest step count (MONAI Label's /infer holds the whole server while it runs).
+Starts a real server on 127.0.0.1 (`python -m monailabel_app.serve`, or MONAI Label's bare
+`start_server` for comparison) on a phantom study and prints, per task and step count, the wall
+time of a request through MONAILabelClient (median and best of --repeats) and the sampling time
+the server reports; then GET /info/ idle, and under load: --load generation requests of the largest
+step count sent at once while /info/ is polled every 0.1 s (latency median, 95th percentile by nearest rank, max;
+the queue length /info/ showed; the generations' status codes, 429 beyond the queue).
 """
 
 import argparse
+import collections
+import json
+import math
 import os
 import statistics
 import sys
@@ -44,19 +50,27 @@ def info_seconds(url: str) -> float:
     return time.perf_counter() - start
 
 
-def blocked_info(url: str, params: dict) -> tuple[float, float]:
-    """(generation seconds, /info/ seconds) for a /info/ sent 0.3 s after a generation started."""
-    result = {}
+def info_under_load(url: str, params: dict, load: int) -> tuple[list[float], list[int], collections.Counter]:
+    """/info/ latencies and queue lengths while `load` generation requests run at once, and their status codes."""
+    statuses: collections.Counter = collections.Counter()
 
     def generate() -> None:
-        result["generation"] = timed_infer(url, "synthesize", params)[0]
+        answer = requests.post(
+            f"{url}/infer/synthesize", params={"image": "phantom"}, data={"params": json.dumps(params)}, timeout=3600
+        )
+        statuses[answer.status_code] += 1
 
-    worker = threading.Thread(target=generate)
-    worker.start()
-    time.sleep(0.3)
-    waited = info_seconds(url)
-    worker.join()
-    return result["generation"], waited
+    workers = [threading.Thread(target=generate) for _ in range(load)]
+    for worker in workers:
+        worker.start()
+    latencies, lengths = [], []
+    while any(worker.is_alive() for worker in workers):
+        start = time.perf_counter()
+        answer = requests.get(f"{url}/info/", timeout=3600)
+        latencies.append(time.perf_counter() - start)
+        lengths.append(answer.json().get("queue", {}).get("length", -1))
+        time.sleep(0.1)
+    return latencies, lengths, statuses
 
 
 def main() -> None:
@@ -65,6 +79,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 50], help="num_inference_steps to time (DDIM)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", default="1", help="OMP_NUM_THREADS of the server")
+    parser.add_argument("--server", choices=["serve", "start_server"], default="serve")
+    parser.add_argument("--load", type=int, default=6, help="generation requests sent at once for the /info/ test")
+    parser.add_argument("--queue-size", default="4", help="serve's --queue-size")
     args = parser.parse_args()
     files = (AUTOENCODER_FILE, DIFFUSION_FILE, CONTROLNET_FILE)
     weights = Path(args.model_dir).resolve() if args.model_dir else default_model_dir(ROOT / "bundle", files)
@@ -73,9 +90,11 @@ def main() -> None:
         study = phantom_study(Path(tmp) / "studies", size=128, seed=3)
         os.environ["OMP_NUM_THREADS"] = args.threads  # the server inherits it
         started = time.perf_counter()
-        with running_server(study.path.parent, Path(tmp) / "server.log", conf) as url:
+        serve = ["--queue-size", args.queue_size] if args.server == "serve" else None
+        with running_server(study.path.parent, Path(tmp) / "server.log", conf, serve=serve) as url:
             print(
-                f"weights: {weights}\nserver threads: {args.threads}\nserver ready after {time.perf_counter() - started:.1f} s"
+                f"server: {args.server}\nweights: {weights}\nserver threads: {args.threads}\n"
+                f"server ready after {time.perf_counter() - started:.1f} s"
             )
             tasks = {
                 "synthesize": {},
@@ -94,9 +113,15 @@ def main() -> None:
                         f"{model:<18}{steps:>6}{statistics.median(seconds):>10.2f}{min(seconds):>8.2f}{sampling:>12.2f}"
                     )
             idle = info_seconds(url)
-            generation, waited = blocked_info(url, {"seed": 0, "num_inference_steps": max(args.steps)})
+            latencies, lengths, statuses = info_under_load(
+                url, {"seed": 0, "num_inference_steps": max(args.steps)}, args.load
+            )
+            ranked = sorted(latencies)
             print(
-                f"GET /info/ idle: {idle:.3f} s; sent 0.3 s into a {generation:.2f} s generation: answered after {waited:.2f} s"
+                f"GET /info/ idle: {idle:.3f} s; under load ({args.load} generations of {max(args.steps)} steps sent at once): "
+                f"{len(ranked)} polls, median {statistics.median(ranked):.3f} s, "
+                f"p95 {ranked[math.ceil(0.95 * len(ranked)) - 1]:.3f} s, max {ranked[-1]:.3f} s; "
+                f"queue length seen up to {max(lengths)}; generation answers {dict(sorted(statuses.items()))}"
             )
 
 

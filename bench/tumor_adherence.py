@@ -2,7 +2,8 @@
 
 Usage (from the repository root):
     .venv/bin/python bench/tumor_adherence.py [--model-dir bundle/models/demo] [--seeds 0 1 2] [--diameter 40]
-        [--centres "80,0,20;-80,0,20;..."] [--steps 25] [--phantoms bundle/data/phantoms] [--out adherence.json]
+        [--centres "80,0,20;-80,0,20;..."] [--steps 25] [--guidance-scale 1] [--phantoms bundle/data/phantoms]
+        [--out adherence.json]
 For every centre (RAS mm from the volume centre; +x is the patient's right) and seed, it samples the
 tumor-conditioned CT and the unconditional CT of the same seed, scores both against the requested
 mask with `scripts.evaluation.adherence.tumor_adherence`, prints one row per sample and the means, and writes
@@ -39,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: Default requested centres: both lungs, upper and lower, in the demo grid's frame.
 CENTRES = "80,0,20;-80,0,20;80,20,-40;-80,20,-40"
 TISSUE_HU = -300.0
-FIGURES = ("dice", "centroid_distance_mm", "mask_soft_tissue_fraction", "mask_in_lungs_fraction")
+FIGURES = ("dice", "centroid_distance_mm", "mask_soft_tissue_fraction", "mask_median_hu", "mask_in_lungs_fraction")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,6 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--centres", default=CENTRES, help="tumor centres as x,y,z in RAS mm, separated by ';'")
     parser.add_argument("--diameter", type=float, default=40.0, help="tumor diameter in mm")
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps")
+    parser.add_argument(
+        "--guidance-scale", type=float, default=1.0, help="classifier-free tumor guidance (1: plain conditioning)"
+    )
     parser.add_argument(
         "--phantoms", type=Path, default=None, help="training cases (datalist.json) for the reconstruction check"
     )
@@ -117,9 +121,20 @@ def main(argv: list[str] | None = None) -> dict:
     unet, record = load_diffusion(args.model_dir / "diffusion.pt")
     controlnet, _ = load_controlnet(args.model_dir / "controlnet.pt")
     sampler = LatentDiffusionSampler(
-        load_autoencoder(args.model_dir / "autoencoder.pt"), unet, record, "ddim", args.steps, controlnet=controlnet
+        load_autoencoder(args.model_dir / "autoencoder.pt"),
+        unet,
+        record,
+        "ddim",
+        args.steps,
+        controlnet=controlnet,
+        guidance_scale=args.guidance_scale,
     )
-    result = {"model_dir": str(args.model_dir), "diameter_mm": args.diameter, "steps": args.steps}
+    result = {
+        "model_dir": str(args.model_dir),
+        "diameter_mm": args.diameter,
+        "steps": args.steps,
+        "guidance_scale": args.guidance_scale,
+    }
     if args.phantoms:
         result["reconstruction"] = reconstruction_rows(sampler, args.phantoms, args.cases)
         print(markdown_table(result["reconstruction"]))
@@ -130,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
         {
             "centre_mm": r["centre_mm"],
             "seed": r["seed"],
-            **{k: r[k] for k in r if k.endswith(("dice", "distance_mm", "soft_tissue_fraction"))},
+            **{k: r[k] for k in r if k.endswith(("dice", "distance_mm", "soft_tissue_fraction", "median_hu"))},
         }
         for r in rows
     ]

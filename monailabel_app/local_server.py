@@ -1,10 +1,10 @@
 """Start this app under a real MONAI Label server on 127.0.0.1 and stop it again (for the tests and the benchmark).
 
-Two launch commands, both in the README:
-- `monailabel start_server` (`python -m monailabel.main start_server --app monailabel_app ...`), the
-  usual one; it cannot take MONAI_LABEL_CORS_ORIGINS (0.8.5 crashes printing that setting).
-- uvicorn on `monailabel.app:app` with MONAI Label's settings in the environment, the serving
-  command for a shared machine, which can restrict CORS.
+Three launch commands, all in the README:
+- `python -m monailabel_app.serve`, the product's hardened server (serve.py), the way to run it;
+- `monailabel start_server` (`python -m monailabel.main start_server --app monailabel_app ...`),
+  MONAI Label's own, unhardened; it cannot take MONAI_LABEL_CORS_ORIGINS (0.8.5 crashes printing that setting);
+- uvicorn on `monailabel.app:app` with MONAI Label's settings in the environment (unhardened too).
 The server runs in its own process group and writes its output to a log file. `phantom_study`
 writes a procedural thorax CT for it to serve (needs the bundle on sys.path).
 """
@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -78,6 +79,16 @@ def start_server_command(studies: Path, port: int, conf: Mapping[str, str]) -> t
     return command, {}
 
 
+def serve_command(
+    studies: Path, port: int, conf: Mapping[str, str], options: Sequence[str]
+) -> tuple[list[str], dict[str, str]]:
+    """`python -m monailabel_app.serve` on 127.0.0.1:`port` with serve's `options`, and the environment it adds (none)."""
+    command = [sys.executable, "-m", "monailabel_app.serve", "--studies", str(studies), "--port", str(port)]
+    for key, value in conf.items():
+        command += ["--conf", key, str(value)]
+    return [*command, *options], {}
+
+
 def uvicorn_command(
     studies: Path, port: int, conf: Mapping[str, str], cors_origins: Sequence[str]
 ) -> tuple[list[str], dict[str, str]]:
@@ -100,15 +111,18 @@ def uvicorn_command(
     ], environment
 
 
-def wait_ready(url: str, process: subprocess.Popen, log: Path, timeout_s: float) -> dict:
-    """Poll `url`/info/ until it answers (its JSON), failing with the log's tail if the server dies or times out."""
+def wait_ready(url: str, process: subprocess.Popen, log: Path, timeout_s: float) -> None:
+    """Poll `url`/info/ until it answers (any status: a server with a token answers 401), failing with the log's tail
+    if the server dies or times out."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"the server exited with {process.returncode}:\n{log.read_text()[-4000:]}")
         try:
-            with urllib.request.urlopen(f"{url}/info/", timeout=5) as response:
-                return json.load(response)
+            with urllib.request.urlopen(f"{url}/info/", timeout=5):
+                return
+        except urllib.error.HTTPError:
+            return
         except OSError:
             time.sleep(0.5)
     raise TimeoutError(f"no answer from {url}/info/ within {timeout_s} s:\n{log.read_text()[-4000:]}")
@@ -132,17 +146,30 @@ def running_server(
     conf: Mapping[str, str] | None = None,
     cors_origins: Sequence[str] | None = None,
     timeout_s: float = 300.0,
+    serve: Sequence[str] | None = None,
+    environment: Mapping[str, str] | None = None,
 ) -> Iterator[str]:
-    """A server for this app on a free port of 127.0.0.1 (uvicorn when `cors_origins` is given); yields its URL, always stops it."""
+    """A server for this app on a free port of 127.0.0.1, with `environment` added; yields its URL, always stops it.
+
+    `monailabel_app.serve` with the options `serve` when given, else uvicorn when `cors_origins` is
+    given, else `start_server`.
+    """
     port = free_port()
-    if cors_origins is None:
+    if serve is not None:
+        command, settings = serve_command(studies, port, conf or {}, serve)
+    elif cors_origins is None:
         command, settings = start_server_command(studies, port, conf or {})
     else:
         command, settings = uvicorn_command(studies, port, conf or {}, cors_origins)
-    environment = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), **settings}
+    threads = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     with open(log, "w") as output:
         process = subprocess.Popen(
-            command, env=environment, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            cwd=APP_DIR.parent,  # the repository root, where `-m monailabel_app.serve` is found
+            env={**os.environ, **threads, **settings, **(environment or {})},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         url = f"http://127.0.0.1:{port}"

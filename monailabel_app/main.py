@@ -27,6 +27,7 @@ from lib.infers.synthesize import Synthesize  # noqa: E402
 from lib.infers.synthesize_tumor import SynthesizeTumor  # noqa: E402
 from lib.request_files import checked_files  # noqa: E402
 from lib.request_params import RequestError, shown  # noqa: E402
+from lib.working_frame import max_voxels  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -62,13 +63,21 @@ class LungCTSynthesisApp(MONAILabelApp):
                 logger.warning("%s is not offered: %s", name, error)
         return tasks
 
+    def task_names(self) -> list[str]:
+        """The tasks this server offers."""
+        return sorted(self._infers)
+
+    def upload_voxel_limit(self) -> int:
+        """The most voxels an uploaded image or label may declare: the largest field of view at 1 mm of the tasks."""
+        return max(max_voxels(task.generator.record) for task in self._infers.values())
+
     def infer(self, request: dict[str, Any], datastore=None) -> dict[str, Any]:
         """Check the model, the files and (in the task) every parameter; a refusal becomes an HTTP 4xx."""
         try:
             model = request.get("model")
             task = self._infers.get(model) if isinstance(model, str) else None
             if task is None:
-                raise RequestError("model", f"no task {shown(model)}; this server offers {sorted(self._infers)}", 404)
+                raise RequestError("model", f"no task {shown(model)}; this server offers {self.task_names()}", 404)
             checked = checked_files(request, datastore or self.datastore(), task.reads_image)
             checked["save_label"] = False  # a synthetic CT is never stored as a label of the user's image
             return super().infer(checked, datastore)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from lib.request_params import RequestError, number, points
-from lib.working_frame import UserImage, WorkingFrame, read_header, user_image, working_frame
+from lib.working_frame import UserImage, WorkingFrame, max_voxels, read_header, user_image, working_frame
 from scripts.data.masks import resample_mask
 from scripts.sampling.tumor_request import MAX_DIAMETER_MM, MIN_DIAMETER_MM, mask_from_centre
 
@@ -52,9 +52,9 @@ def clicked_mask(
     return mask
 
 
-def label_mask(image: UserImage, frame: WorkingFrame, path: str | Path) -> np.ndarray:
+def label_mask(image: UserImage, frame: WorkingFrame, path: str | Path, voxel_limit: int) -> np.ndarray:
     """The uploaded binary label, checked against the image's grid and mapped onto the frame's grid."""
-    label = read_header(path, "label")
+    label = read_header(path, "label", voxel_limit)
     if tuple(label.shape) != image.shape:
         raise RequestError(
             "label", f"has shape {list(label.shape)} but the image has {list(image.shape)}: draw it on the image's grid"
@@ -89,8 +89,9 @@ def tumor_request(
             "foreground",
             "give either foreground clicks (with tumor_diameter_mm) or an uploaded label, not both or neither",
         )
-    image = user_image(request["image"])
+    voxel_limit = max_voxels(record)
+    image = user_image(request["image"], voxel_limit)
     frame = working_frame(image, record, preprocessing)
     if label:
-        return TumorRequest(label_mask(image, frame, label), frame, "label")
+        return TumorRequest(label_mask(image, frame, label, voxel_limit), frame, "label")
     return TumorRequest(clicked_mask(image, frame, record, clicks, diameter, seed), frame, "foreground")

@@ -7,6 +7,7 @@ In the Python console of 3D Slicer 5.2 or newer (the MONAI Label extension insta
     synth.synthesize_ct("http://127.0.0.1:8000", seed=3)
     synth.synthesize_with_tumor("http://127.0.0.1:8000", getNode("CT"), markups=getNode("F"), diameter_mm=30)
     synth.synthesize_with_tumor("http://127.0.0.1:8000", getNode("CT"), segmentation=getNode("Segmentation"), segment_id="Tumor")
+    synth.synthesize_ct("https://gpu-host.example:8000", seed=3, token=open("/path/to/token").read().strip())
 
 Slicer's stock MONAI Label module would load the result as a uint8 labelmap and destroy the HU;
 this script loads it with `labelmap: False`. Everything that needs no Slicer is in synthesis_client.py.
@@ -40,9 +41,11 @@ def show(result: Synthesis, name: str) -> tuple:
     return volume, segmentation
 
 
-def synthesize_ct(server_url: str, seed: int = 0, num_inference_steps: int = 25, sampler: str = "ddim") -> tuple:
-    """An unconditional synthetic CT, shown in the slice views."""
-    result = synthesize(server_url, TASK, request_params(seed, num_inference_steps, sampler), RESULTS)
+def synthesize_ct(
+    server_url: str, seed: int = 0, num_inference_steps: int = 25, sampler: str = "ddim", token: str | None = None
+) -> tuple:
+    """An unconditional synthetic CT, shown in the slice views (`token`: the server's bearer token, if it has one)."""
+    result = synthesize(server_url, TASK, request_params(seed, num_inference_steps, sampler), RESULTS, token=token)
     return show(result, f"synthetic CT seed {seed}")
 
 
@@ -80,8 +83,10 @@ def synthesize_with_tumor(
     seed: int = 0,
     num_inference_steps: int = 25,
     sampler: str = "ddim",
+    token: str | None = None,
 ) -> tuple:
-    """A synthetic CT with a tumor at the markups' points, or in the segment, of `volume` (which is uploaded)."""
+    """A synthetic CT with a tumor at the markups' points, or in the segment, of `volume` (which is uploaded);
+    `token`: the server's bearer token, if it has one."""
     with tempfile.TemporaryDirectory() as folder:
         image_file = Path(folder) / "image.nii.gz"
         slicer.util.exportNode(volume, str(image_file))
@@ -90,5 +95,7 @@ def synthesize_with_tumor(
         )
         clicks = clicked_voxels(markups, volume) if markups else None
         params = request_params(seed, num_inference_steps, sampler, clicks, diameter_mm if clicks else None)
-        result = synthesize(server_url, TUMOR_TASK, params, RESULTS, image_file=image_file, label_file=label_file)
+        result = synthesize(
+            server_url, TUMOR_TASK, params, RESULTS, image_file=image_file, label_file=label_file, token=token
+        )
     return show(result, f"synthetic CT seed {seed} with tumor")

@@ -77,12 +77,15 @@ def synthesize(
     image_id: str = NO_IMAGE,
     image_file: Path | None = None,
     label_file: Path | None = None,
+    token: str | None = None,
 ) -> Synthesis:
-    """Run `model` on the server; the CT and mask land in `out_dir` as `<model>_seed<N>_ct.nii.gz` and `_mask.nii.gz`."""
+    """Run `model` on the server (sending `token` as a bearer token if given); the CT and mask land in `out_dir` as
+    `<model>_seed<N>_ct.nii.gz` and `_mask.nii.gz`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
         client = MONAILabelClient(server_url, tmpdir=scratch)
+        client.update_auth({"token_type": "Bearer", "access_token": token} if token else None)
         received, info = client.infer(
             model,
             "" if image_file else image_id,

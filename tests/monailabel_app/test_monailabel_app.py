@@ -1,6 +1,7 @@
 """The MONAI Label app under a real server on 127.0.0.1, driven by MONAI Label's client and plain HTTP (tiny trained models).
 
-Most tests use `monailabel start_server`; the serving tests use the README's uvicorn command with CORS set.
+Most tests use `monailabel start_server`; the serving tests use MONAI Label's bare uvicorn command with CORS set.
+Both are unhardened; test_serve.py covers the product's server, `python -m monailabel_app.serve`.
 """
 
 import json
@@ -47,7 +48,7 @@ def server(conf, phantom, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def served(conf, phantom, tmp_path_factory) -> str:
-    """The README's serving command: uvicorn with MONAI Label's settings in the environment, CORS origins set."""
+    """MONAI Label's bare uvicorn command: its settings in the environment, CORS origins set."""
     with running_server(
         phantom.path.parent, tmp_path_factory.mktemp("served") / "server.log", conf, cors_origins=[CONFIGURED_ORIGIN]
     ) as url:
@@ -271,7 +272,7 @@ def test_serving_command_runs_the_app_and_lets_no_browser_origin_in(served):
 def test_default_start_server_echoes_any_origin(server):
     answer = requests.get(f"{server}/info/", headers={"Origin": "http://evil.example"}, timeout=30)
     assert answer.headers.get("access-control-allow-origin") in ("*", "http://evil.example"), (
-        "why the README serves with uvicorn"
+        "why the README serves with monailabel_app.serve"
     )
 
 

@@ -120,6 +120,7 @@ def test_adherence_finds_a_real_tumor_and_not_a_missing_one(phantom_case):
     found = tumor_adherence(hu, gtv, spacing)
     assert found["dice"] > 0.5 and found["mask_soft_tissue_fraction"] > 0.8
     assert found["centroid_distance_mm"] < 10.0 and found["mask_in_lungs_fraction"] > 0.9
+    assert -100.0 < found["mask_median_hu"] < 100.0, "the phantom's tumor is soft tissue"
     lung_voxels = np.argwhere((label == LABELS["lungs"]) & (hu < -700))
     centre = lung_voxels[len(lung_voxels) // 2]
     elsewhere = np.zeros_like(gtv)
@@ -210,7 +211,14 @@ def test_inference_tumor_writes_ct_mask_and_adherence(trained, tmp_path):
         assert ct.shape == mask.shape == (32, 32, 32) and np.allclose(ct.affine, affine)
         assert np.array_equal(np.asanyarray(mask.dataobj), expected), "the mask written is the mask requested"
         report = json.loads((tmp_path / f"sample_seed{seed}_adherence.json").read_text())
-        assert set(report) == {"dice", "centroid_distance_mm", "mask_soft_tissue_fraction", "mask_in_lungs_fraction"}
+        figures = {
+            "dice",
+            "centroid_distance_mm",
+            "mask_soft_tissue_fraction",
+            "mask_median_hu",
+            "mask_in_lungs_fraction",
+        }
+        assert set(report) == figures
         assert 0.0 <= report["mask_soft_tissue_fraction"] <= 1.0
 
 

@@ -2,7 +2,9 @@
 
 Tumor-like tissue is segmented inside the generated lungs (the soft tissue within the lung
 envelope that touches the mask) and compared with the requested mask: Dice, centroid distance,
-the share of mask voxels that became soft tissue, and the share of the mask inside the lungs.
+the share of mask voxels that became soft tissue, their median HU (a solid tumor lies near 0 to
+60 HU; strong guidance can overshoot to bone-bright values the share alone does not show), and
+the share of the mask inside the lungs.
 """
 
 from __future__ import annotations
@@ -41,5 +43,6 @@ def tumor_adherence(
         "dice": float(dice),
         "centroid_distance_mm": distance,
         "mask_soft_tissue_fraction": float((hu[mask] > tissue_hu).mean()),
+        "mask_median_hu": float(np.median(hu[mask])),
         "mask_in_lungs_fraction": float((envelope | found)[mask].mean()),
     }

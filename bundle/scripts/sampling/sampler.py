@@ -26,6 +26,7 @@ from scripts.networks.controlnet import ControlledUNet
 from scripts.networks.schedules import check_sampler, trained_schedule
 from scripts.networks.tile_plan import AUTO, planned_tile
 from scripts.networks.tiling import TiledDecoder
+from scripts.sampling.guidance import TumorGuidance, check_guidance_scale
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +130,8 @@ class LatentDiffusionSampler:
         decode_tile: decode in tiles of this many latent voxels per side, to bound memory (same result up to
             rounding); None decodes whole; "auto" tiles only when the whole batch would not fit in free memory.
         compile: `torch.compile` the denoiser (pays off for long runs on a GPU; the first sample pays the compilation).
+        guidance_scale: classifier-free tumor guidance of conditioned sampling (`scripts.sampling.guidance`): 1 is
+            plain conditioning; larger scales push away from the tumor-removed chest, at twice the cost per step.
     """
 
     def __init__(
@@ -143,6 +146,7 @@ class LatentDiffusionSampler:
         precision: str = "float32",
         decode_tile: int | Sequence[int] | str | None = AUTO,
         compile: bool = False,
+        guidance_scale: float = 1.0,
     ) -> None:
         if sampler == "ddpm" and num_inference_steps != record["noise_schedule"]["num_train_timesteps"]:
             logger.info("ddpm samples with all %d training steps", record["noise_schedule"]["num_train_timesteps"])
@@ -153,12 +157,20 @@ class LatentDiffusionSampler:
         )
         self.autoencoder, self.unet, self.record, self.device = autoencoder, unet, record, torch.device(device)
         self.controlnet = controlnet
-        self.options = {"precision": precision, "decode_tile": decode_tile, "compile": compile}
+        self.options = {
+            "precision": precision,
+            "decode_tile": decode_tile,
+            "compile": compile,
+            "guidance_scale": guidance_scale,
+        }
         check_precision(precision)
+        check_guidance_scale(guidance_scale)
         if decode_tile not in (None, AUTO):
             TiledDecoder(autoencoder, decode_tile)  # refuses a bad tile or a decoder tiles cannot split, at start-up
         self.denoiser = torch.compile(unet) if compile else unet
         controlled = ControlledUNet(unet, controlnet) if controlnet is not None else None
+        if controlled is not None and guidance_scale != 1.0:
+            controlled = TumorGuidance(controlled, guidance_scale)
         self.controlled = torch.compile(controlled) if compile and controlled is not None else controlled
 
     def with_schedule(self, sampler: str, num_inference_steps: int) -> LatentDiffusionSampler:

@@ -44,6 +44,16 @@ class ConditioningMaskd(RandomizableTransform, MapTransform):
         return d
 
 
+def without_tumor(condition: torch.Tensor) -> torch.Tensor:
+    """A batch of (tumor, lungs) masks with the tumor relabelled as lung where lungs are given, and left out elsewhere.
+
+    The ControlNet trained on masks with lungs dropped, so a condition without lungs stays without them.
+    """
+    tumor, lungs = condition[:, :1], condition[:, 1:]
+    given = lungs.flatten(1).amax(1).view(-1, 1, *[1] * (condition.dim() - 2)) > 0
+    return torch.cat([torch.zeros_like(tumor), torch.where(given, torch.maximum(lungs, tumor), lungs)], dim=1)
+
+
 def tumor_condition(mask: np.ndarray) -> torch.Tensor:
     """The ControlNet's conditioning mask for a tumor alone: (tumor, no lungs), as the lung dropout trained it."""
     tumor = torch.as_tensor(mask > 0, dtype=torch.float32)
