@@ -1,9 +1,10 @@
 """MONAI Label app: synthetic chest CTs from the lung CT latent diffusion bundle, for 3D Slicer users.
 
-Tasks (lib/infers): `synthesize` (unconditional) and `synthesize_tumor` (a tumor at `foreground`
-clicks or in an uploaded `label`). Networks and weights come from the bundle (lib/bundle_generator.py);
-`--conf bundle_dir DIR`, `--conf model_dir DIR` and `--conf max_inference_steps N` are read by
-lib/app_conf.py. This file only wires; see README.md for serving and the Slicer client.
+Tasks (lib/infers): `synthesize` (unconditional), `synthesize_tumor` (a tumor at `foreground`
+clicks or in an uploaded `label`) and `insert_tumor` (such a tumor in the user's own CT). Networks
+and weights come from the bundle (lib/bundle_generator.py); `--conf bundle_dir DIR`,
+`--conf model_dir DIR` and `--conf max_inference_steps N` are read by lib/app_conf.py. This file
+only wires; see README.md for serving and the Slicer client.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from lib.app_conf import app_conf, bundle_dir, import_bundle
 SERVED_BUNDLE = bundle_dir(settings.MONAI_LABEL_APP_CONF)
 import_bundle(SERVED_BUNDLE)
 
+from lib.infers.insert_tumor import InsertTumor  # noqa: E402
 from lib.infers.synthesize import Synthesize  # noqa: E402
 from lib.infers.synthesize_tumor import SynthesizeTumor  # noqa: E402
 from lib.request_files import checked_files  # noqa: E402
@@ -31,7 +33,7 @@ from lib.working_frame import max_voxels  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-TASKS = {"synthesize": Synthesize, "synthesize_tumor": SynthesizeTumor}
+TASKS = {"synthesize": Synthesize, "synthesize_tumor": SynthesizeTumor, "insert_tumor": InsertTumor}
 
 
 class LungCTSynthesisApp(MONAILabelApp):

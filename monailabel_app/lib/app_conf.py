@@ -1,6 +1,8 @@
 """What `--conf key value` can set when the server starts, checked once, with errors that name the key.
 
 - `bundle_dir`: the bundle to serve (configs, `scripts` code and `models/`); default: this repository's `bundle/`.
+  It must hold configs/inference.json and inference_tumor.json; `insert_tumor` is offered where it also holds
+  configs/insert_tumor.json (else left out with a warning, as a task whose weights are missing).
 - `model_dir`: a checkpoint folder holding autoencoder.pt, diffusion.pt (and controlnet.pt for tumors);
   default: the bundle's own choice (`models/` once trained, else the shipped `models/demo/`).
 - `max_inference_steps`: the most reverse steps one request may ask for (default 200), which bounds

@@ -1,7 +1,7 @@
 """The bundle's generator, built once per task from the bundle's own inference configs and weights.
 
-Nothing about the networks lives in the app: `configs/inference.json` (or `inference_tumor.json`)
-is parsed with `scripts.bundle_config.load_bundle_config`, and its `generator` loads the weights
+Nothing about the networks lives in the app: `configs/inference.json` (or `inference_tumor.json`,
+`insert_tumor.json`) is parsed with `scripts.bundle_config.load_bundle_config`, and its `generator` loads the weights
 from the config's `model_dir` (the bundle's `models/`, else `models/demo/`) or from `--conf model_dir`.
 """
 

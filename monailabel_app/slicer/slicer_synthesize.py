@@ -1,4 +1,5 @@
-"""3D Slicer: ask the MONAI Label server for a synthetic CT; load it as a scalar volume and its tumor as a segment.
+"""3D Slicer: ask the MONAI Label server for a synthetic CT, or for the user's CT with a synthetic tumor inserted;
+load it as a scalar volume and its tumor as a segment.
 
 In the Python console of 3D Slicer 5.2 or newer (the MONAI Label extension installed, for its client):
 
@@ -7,6 +8,7 @@ In the Python console of 3D Slicer 5.2 or newer (the MONAI Label extension insta
     synth.synthesize_ct("http://127.0.0.1:8000", seed=3)
     synth.synthesize_with_tumor("http://127.0.0.1:8000", getNode("CT"), markups=getNode("F"), diameter_mm=30)
     synth.synthesize_with_tumor("http://127.0.0.1:8000", getNode("CT"), segmentation=getNode("Segmentation"), segment_id="Tumor")
+    synth.insert_tumor("http://127.0.0.1:8000", getNode("CT"), markups=getNode("F"), diameter_mm=30, blend_margin_mm=10)
     synth.synthesize_ct("https://gpu-host.example:8000", seed=3, token=open("/path/to/token").read().strip())
 
 Slicer's stock MONAI Label module would load the result as a uint8 labelmap and destroy the HU;
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import slicer
 import vtk
-from synthesis_client import TASK, TUMOR_TASK, Synthesis, ras_to_voxel, request_params, synthesize
+from synthesis_client import INSERT_TASK, TASK, TUMOR_TASK, Synthesis, ras_to_voxel, request_params, synthesize
 
 #: Where results are kept for the session (Slicer's temporary folder).
 RESULTS = Path(slicer.app.temporaryPath) / "synthetic_ct"
@@ -73,8 +75,9 @@ def saved_label(segmentation, segment_id: str | None, volume, path: Path) -> Pat
     return path
 
 
-def synthesize_with_tumor(
+def tumor_task(
     server_url: str,
+    task: str,
     volume,
     markups=None,
     segmentation=None,
@@ -84,9 +87,11 @@ def synthesize_with_tumor(
     num_inference_steps: int = 25,
     sampler: str = "ddim",
     token: str | None = None,
-) -> tuple:
-    """A synthetic CT with a tumor at the markups' points, or in the segment, of `volume` (which is uploaded);
-    `token`: the server's bearer token, if it has one."""
+    **extra: float,
+) -> Synthesis:
+    """Run the tumor task `task` on `volume` (uploaded) with the markups' points as tumors of `diameter_mm`, or the
+    segment (default: the first) as the tumor; `extra`: more params (request_params' keywords); `token`: the server's
+    bearer token, if it has one."""
     with tempfile.TemporaryDirectory() as folder:
         image_file = Path(folder) / "image.nii.gz"
         slicer.util.exportNode(volume, str(image_file))
@@ -94,8 +99,19 @@ def synthesize_with_tumor(
             saved_label(segmentation, segment_id, volume, Path(folder) / "label.nii.gz") if segmentation else None
         )
         clicks = clicked_voxels(markups, volume) if markups else None
-        params = request_params(seed, num_inference_steps, sampler, clicks, diameter_mm if clicks else None)
-        result = synthesize(
-            server_url, TUMOR_TASK, params, RESULTS, image_file=image_file, label_file=label_file, token=token
-        )
-    return show(result, f"synthetic CT seed {seed} with tumor")
+        params = request_params(seed, num_inference_steps, sampler, clicks, diameter_mm if clicks else None, **extra)
+        return synthesize(server_url, task, params, RESULTS, image_file=image_file, label_file=label_file, token=token)
+
+
+def synthesize_with_tumor(server_url: str, volume, **options) -> tuple:
+    """A synthetic CT with a tumor at the markups' points, or in the segment, of `volume`, shown in the slice views;
+    `options`: tumor_task's (markups, segmentation, segment_id, diameter_mm, seed, num_inference_steps, sampler, token)."""
+    result = tumor_task(server_url, TUMOR_TASK, volume, **options)
+    return show(result, f"synthetic CT seed {result.info['seed']} with tumor")
+
+
+def insert_tumor(server_url: str, volume, blend_margin_mm: float = 10.0, **options) -> tuple:
+    """`volume` itself with a synthetic tumor at the markups' points, or in the segment, loaded beside it: the same
+    grid, changed only within `blend_margin_mm` (0 to 50) of the tumor; `options`: as for synthesize_with_tumor."""
+    result = tumor_task(server_url, INSERT_TASK, volume, blend_margin_mm=blend_margin_mm, **options)
+    return show(result, f"{volume.GetName()} with tumor seed {result.info['seed']}")

@@ -2,7 +2,8 @@
 
 Importable in plain Python (tests) and in 3D Slicer, whose MONAI Label extension ships the same
 client as `MONAILabelLib`. The server's JSON carries the tumor mask as a base64 gzipped NIfTI
-(`tumor_mask.data`); `synthesize` writes it beside the CT.
+(`tumor_mask.data`); `synthesize` writes it beside the CT. The same call serves every task: `synthesize`,
+`synthesize_tumor` and `insert_tumor` (the uploaded CT itself, with the tumor).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ try:
 except ImportError:  # inside 3D Slicer: the MONAI Label extension's copy of the client
     from MONAILabelLib import MONAILabelClient
 
-TASK, TUMOR_TASK = "synthesize", "synthesize_tumor"
+TASK, TUMOR_TASK, INSERT_TASK = "synthesize", "synthesize_tumor", "insert_tumor"
 #: Any image id will do for unconditional sampling; the endpoint only needs one.
 NO_IMAGE = "synthetic"
 MASK_FORMAT = "nifti-gz-base64"
@@ -48,13 +49,16 @@ def request_params(
     sampler: str = "ddim",
     foreground: Sequence[Sequence[float]] | None = None,
     tumor_diameter_mm: float | None = None,
+    blend_margin_mm: float | None = None,
 ) -> dict[str, Any]:
-    """The params JSON of a synthesis request, with only the values that are set."""
+    """The params JSON of a request, with only the values that are set (`blend_margin_mm`: insert_tumor's)."""
     params: dict[str, Any] = {"seed": int(seed), "num_inference_steps": int(num_inference_steps), "sampler": sampler}
     if foreground:
         params["foreground"] = [[float(c) for c in point] for point in foreground]
     if tumor_diameter_mm is not None:
         params["tumor_diameter_mm"] = float(tumor_diameter_mm)
+    if blend_margin_mm is not None:
+        params["blend_margin_mm"] = float(blend_margin_mm)
     return params
 
 

@@ -76,9 +76,10 @@ def test_training_workflows_have_the_train_properties(trained, phantom_dir, tmp_
     assert _workflow([f"train_{stage}.json", "demo.json"], "train", overrides) == []
 
 
-@pytest.mark.parametrize("config", ["inference.json", "inference_tumor.json"])
-def test_inference_workflows_have_the_infer_properties(trained, config):
-    overrides = {"model_dir": str(trained.dir), "tumor_center_mm": [0.0, 0.0, 0.0]}
+@pytest.mark.parametrize("config", ["inference.json", "inference_tumor.json", "insert_tumor.json"])
+def test_inference_workflows_have_the_infer_properties(trained, phantom_dir, config):
+    image = str(phantom_dir / "PHANTOM-001" / "ct.nii.gz")  # the CT insert_tumor.json reads
+    overrides = {"model_dir": str(trained.dir), "tumor_center_mm": [0.0, 0.0, 0.0], "image": image}
     assert _workflow([config], "infer", overrides) == []
 
 

@@ -1,7 +1,7 @@
 """Every DICOM object the bundle writes passes dicom3tools' validators and what planning systems check.
 
-Two writers: `export_dicom` (a synthetic CT with its tumor) and `write_phantom_dicom` (the phantom trees `ingest` is
-tested on). dciodvfy checks each object against its IOD, dcentvfy the objects of one study against each other; both
+Two writers: `export_dicom` (a synthetic CT with its tumor, or a patient's CT with an inserted tumor, kept in the
+patient's study and frame of reference) and `write_phantom_dicom` (the phantom trees `ingest` is tested on). dciodvfy checks each object against its IOD, dcentvfy the objects of one study against each other; both
 print "Error" and "Warning" lines, and every such line fails the test with the line in its message.
 """
 
@@ -18,8 +18,10 @@ from pydicom.multival import MultiValue
 
 from helpers import BUNDLE
 from scripts.dicom import writer
+from scripts.dicom.ct_folder import read_ct_folder
 from scripts.dicom.export import MANUFACTURER, export_dicom
 from scripts.phantoms.dicom_tree import write_phantom_dicom
+from scripts.sampling.insertion import blob_on_grid
 from scripts.sampling.tumor_request import mask_from_centre
 
 RECORD = {"image_size": [48, 48, 24], "image_spacing_mm": [6.0, 6.0, 5.0]}
@@ -68,7 +70,19 @@ def phantom(tmp_path_factory) -> dict[str, list[Path]]:
     return by_modality(write_phantom_dicom(str(root), n=1, size=48, seed=2))
 
 
-@pytest.fixture(params=["exported", "phantom"])
+@pytest.fixture(scope="module")
+def inserted(tmp_path_factory, phantom) -> dict[str, list[Path]]:
+    """An `export_dicom` with the phantom's CT slice header as `source` (what tumor insertion writes), per modality."""
+    root = tmp_path_factory.mktemp("inserted")
+    hu, grid, header = read_ct_folder(phantom["CT"][0].parent)
+    mask = blob_on_grid(hu.shape, grid.affine_ras, (grid.affine_ras @ [24, 24, 24, 1])[:3], 40.0, seed=2)
+    nib.save(nib.Nifti1Image(hu, grid.affine_ras), root / "ct.nii.gz")
+    nib.save(nib.Nifti1Image(mask.astype(np.uint8), grid.affine_ras), root / "gtv.nii.gz")
+    export = export_dicom(str(root / "ct.nii.gz"), str(root / "dicom"), str(root / "gtv.nii.gz"), source=header)
+    return by_modality(export)
+
+
+@pytest.fixture(params=["exported", "phantom", "inserted"])
 def written(request) -> dict[str, list[Path]]:
     """Each writer's objects in turn."""
     return request.getfixturevalue(request.param)

@@ -88,9 +88,9 @@ def world(voxel, affine) -> np.ndarray:
     return (np.asarray(affine) @ [*voxel, 1.0])[:3]
 
 
-def test_info_lists_both_tasks(server):
+def test_info_lists_the_tasks(server):
     info = requests.get(f"{server}/info/", timeout=30).json()
-    assert set(info["models"]) == {"synthesize", "synthesize_tumor"}
+    assert set(info["models"]) == {"synthesize", "synthesize_tumor", "insert_tumor"}
     assert info["models"]["synthesize"]["config"] == {"seed": 0, "sampler": "ddim", "num_inference_steps": MAX_STEPS}
     assert info["models"]["synthesize_tumor"]["config"]["tumor_diameter_mm"] == 30.0
     assert info["models"]["synthesize_tumor"]["max_inference_steps"] == MAX_STEPS

@@ -34,6 +34,7 @@ def test_request_params_hold_only_what_is_set():
     assert (
         tumor["foreground"] == [[1.0, 2.0, 3.0]] and tumor["tumor_diameter_mm"] == 40.0 and tumor["sampler"] == "ddpm"
     )
+    assert "blend_margin_mm" not in tumor and request_params(3, 25, blend_margin_mm=5)["blend_margin_mm"] == 5.0
 
 
 def test_mask_sent_by_the_server_is_the_mask_the_client_saves(tmp_path):

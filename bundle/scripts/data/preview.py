@@ -35,21 +35,25 @@ def save_preview(
     title: str = "",
     mask: np.ndarray | None = None,
     window: tuple[float, float] = (-1000.0, 400.0),
+    before: np.ndarray | None = None,
 ) -> Path:
     """Write three orthogonal slices of `hu` (RAS, HU) side by side to `path`.
 
-    With a `mask`, the slices pass through its centroid and its outline is drawn in red.
+    With a `mask`, the slices pass through its centroid and its outline is drawn in red. With `before` (the same grid),
+    a first row shows it, for a CT that was changed.
     """
     centre = tuple(int(round(c)) for c in np.argwhere(mask).mean(0)) if mask is not None and mask.any() else None
-    views = orthogonal_slices(np.asarray(hu, np.float32), tuple(spacing), centre)
     outlines = orthogonal_slices(np.asarray(mask, np.float32), tuple(spacing), centre) if centre else [None] * 3
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
-    for ax, (name, image, aspect), outline in zip(axes, views, outlines):
-        ax.imshow(image, cmap="gray", vmin=window[0], vmax=window[1], aspect=aspect, interpolation="nearest")
-        if outline is not None and outline[1].any():
-            ax.contour(outline[1], levels=[0.5], colors="red", linewidths=1.0)
-        ax.set_title(name)
-        ax.axis("off")
+    rows = [("before: ", before), ("after: ", hu)] if before is not None else [("", hu)]
+    fig, axes = plt.subplots(len(rows), 3, figsize=(12, 4.4 * len(rows)), squeeze=False)
+    for row, (label, volume) in zip(axes, rows):
+        views = orthogonal_slices(np.asarray(volume, np.float32), tuple(spacing), centre)
+        for ax, (name, image, aspect), outline in zip(row, views, outlines):
+            ax.imshow(image, cmap="gray", vmin=window[0], vmax=window[1], aspect=aspect, interpolation="nearest")
+            if outline is not None and outline[1].any():
+                ax.contour(outline[1], levels=[0.5], colors="red", linewidths=1.0)
+            ax.set_title(label + name)
+            ax.axis("off")
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -1,7 +1,15 @@
-"""Sampling: the latent diffusion sampler, tumor requests, and writing the samples, as configs name them."""
+"""Sampling: the latent diffusion sampler, tumor requests, tumor insertion, and writing the samples, as configs name them."""
 
+from scripts.sampling.insertion import insert_tumor, read_patient_ct
 from scripts.sampling.sampler import LatentDiffusionSampler
 from scripts.sampling.tumor_request import requested_mask
 from scripts.sampling.writing import sample_seeds, write_samples
 
-__all__ = ["LatentDiffusionSampler", "requested_mask", "sample_seeds", "write_samples"]
+__all__ = [
+    "LatentDiffusionSampler",
+    "insert_tumor",
+    "read_patient_ct",
+    "requested_mask",
+    "sample_seeds",
+    "write_samples",
+]

@@ -25,7 +25,7 @@ from scripts.data.volumes import to_hu
 from scripts.networks.controlnet import ControlledUNet
 from scripts.networks.schedules import check_sampler, trained_schedule
 from scripts.networks.tile_plan import AUTO, planned_tile
-from scripts.networks.tiling import TiledDecoder
+from scripts.networks.tiling import TiledDecoder, TiledEncoder
 from scripts.sampling.guidance import TumorGuidance, check_guidance_scale
 
 logger = logging.getLogger(__name__)
@@ -190,13 +190,14 @@ class LatentDiffusionSampler:
     def spacing(self) -> list[float]:
         return list(self.record["image_spacing_mm"])
 
-    def _generator(self, seed: int) -> torch.Generator:
+    def generator(self, seed: int) -> torch.Generator:
+        """The random generator of the sample with `seed`, on the sampling device."""
         return torch.Generator(device=self.device).manual_seed(int(seed))
 
     @torch.no_grad()
     def sample(self, seeds: list[int], condition: torch.Tensor | None = None) -> list[np.ndarray]:
         """One HU volume (int16, RAS) per seed, generated as one batch; `condition` is a (tumor, lungs) mask."""
-        generators = [self._generator(s) for s in seeds]
+        generators = [self.generator(s) for s in seeds]
         shape = tuple(self.record["latent_shape"])
         noise = torch.cat([torch.randn((1, *shape), generator=g, device=self.device) for g in generators])
         predictor = self.denoiser
@@ -208,6 +209,15 @@ class LatentDiffusionSampler:
         with autocast(self.device, self.options["precision"]):
             latents = denoise(predictor, self.scheduler, noise, generators)
         return self.decode(latents)
+
+    @torch.no_grad()
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        """The scaled latent (1, C, ...) of one working-grid volume (C, X, Y, Z) in network intensities: its posterior
+        mean times the training scale factor, what the diffusion model denoises towards (tiled when it would not fit)."""
+        images = torch.as_tensor(image, dtype=torch.float32)[None].to(self.device)
+        tile = planned_tile(AUTO, self.autoencoder, images.shape[:1] + images.shape[2:], self.device)
+        z_mu = TiledEncoder(self.autoencoder, tile)(images)[0] if tile else self.autoencoder.encode(images)[0]
+        return z_mu * self.record["scale_factor"]
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> list[np.ndarray]:

@@ -1,1 +1,1 @@
-"""The app's infer tasks, one per file: `synthesize` and `synthesize_tumor`."""
+"""The app's infer tasks, one per file: `synthesize`, `synthesize_tumor` and `insert_tumor`."""

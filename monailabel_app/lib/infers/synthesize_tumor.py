@@ -1,4 +1,7 @@
-"""`synthesize_tumor`: a synthetic chest CT with a tumor where the user clicked or drew it (the bundle's ControlNet)."""
+"""`synthesize_tumor`: a synthetic chest CT with a tumor where the user clicked or drew it (the bundle's ControlNet).
+
+`TumorTask` is what it shares with `insert_tumor`: the request's image, and a tumor on it.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +17,27 @@ from scripts.transforms.conditioning import tumor_condition
 from scripts.transforms.preprocess import preprocessing_chain
 
 
-class SynthesizeTumor(Synthesize):
+class TumorTask(Synthesize):
+    """A task that reads the request's image and a tumor on it: `foreground` clicks (default diameter from the
+    config's `tumor_diameter_mm`) or an uploaded `label` (lib/tumor_request.py)."""
+
+    reads_image = True
+
+    def __init__(self, bundle: BundleGenerator, limits: SamplingLimits, description: str) -> None:
+        super().__init__(bundle, limits, description=description)
+        self.diameter_mm = float(bundle.defaults["tumor_diameter_mm"])
+
+    @classmethod
+    def default_keys(cls) -> tuple[str, ...]:
+        """The sampling defaults and the default tumor diameter of the task's config."""
+        return (*SAMPLING_KEYS, "tumor_diameter_mm")
+
+    def config(self) -> dict[str, Any]:
+        """The sampling defaults plus the default tumor diameter."""
+        return {**super().config(), "tumor_diameter_mm": self.diameter_mm}
+
+
+class SynthesizeTumor(TumorTask):
     """Tumor-conditioned sampling; the mask comes from `foreground` clicks or an uploaded `label` on the request's image.
 
     The result is placed in the image's world frame (see lib/working_frame.py); the mask travels in
@@ -22,23 +45,10 @@ class SynthesizeTumor(Synthesize):
     """
 
     config_file = "inference_tumor.json"
-    reads_image = True
 
     def __init__(self, bundle: BundleGenerator, limits: SamplingLimits) -> None:
-        super().__init__(
-            bundle, limits, description="A synthetic chest CT (HU) with a tumor at the clicks or the label"
-        )
-        self.diameter_mm = float(bundle.defaults["tumor_diameter_mm"])
+        super().__init__(bundle, limits, "A synthetic chest CT (HU) with a tumor at the clicks or the label")
         self.preprocessing = preprocessing_chain(self.generator.record["image_size"])[0]
-
-    @classmethod
-    def default_keys(cls) -> tuple[str, ...]:
-        """The sampling defaults and the default tumor diameter of inference_tumor.json."""
-        return (*SAMPLING_KEYS, "tumor_diameter_mm")
-
-    def config(self) -> dict[str, Any]:
-        """The sampling defaults plus the default tumor diameter."""
-        return {**super().config(), "tumor_diameter_mm": self.diameter_mm}
 
     def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """MONAI Label's entry point: (CT file, JSON with the tumor mask) for a request whose files the app has checked."""
