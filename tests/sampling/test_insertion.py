@@ -203,6 +203,9 @@ def test_bad_requests_are_refused_naming_the_parameter_and_write_nothing(patient
     air_voxel = [80, 152, 40]  # in front of the chest, inside the image and the model's box
     corner = (ct.affine @ [*air_voxel, 1])[:3].tolist()
     _refused(sampler, tmp_path, "tumor_center_mm .* outside the image", image=image, tumor_center_mm=[900, 0, 0])
+    _refused(
+        sampler, tmp_path, "tumor_center_mm must be three finite", image=image, tumor_center_mm=[0, float("nan"), 0]
+    )
     _refused(sampler, tmp_path, "tumor_center_mm: the tumor lies outside the body", image=image, tumor_center_mm=corner)
     for diameter in (4.0, 101.0):
         _refused(sampler, tmp_path, "tumor_diameter_mm", image=image, tumor_center_mm=lung, tumor_diameter_mm=diameter)

@@ -127,8 +127,8 @@ def native_mask(
         raise ValueError(
             f"tumor_diameter_mm must be between {MIN_DIAMETER_MM} and {MAX_DIAMETER_MM}, got {tumor_diameter_mm}"
         )
-    if len(tumor_center_mm) != 3:
-        raise ValueError(f"tumor_center_mm must be three numbers (RAS mm), got {tumor_center_mm}")
+    if len(tumor_center_mm) != 3 or not np.all(np.isfinite(np.asarray(tumor_center_mm, float))):
+        raise ValueError(f"tumor_center_mm must be three finite numbers (RAS mm), got {tumor_center_mm}")
     voxel = np.linalg.solve(ct.affine, [*map(float, tumor_center_mm), 1.0])[:3]
     if np.any(voxel < -0.5) or np.any(voxel > np.asarray(ct.hu.shape) - 0.5):
         raise ValueError(f"tumor_center_mm {list(tumor_center_mm)} lies outside the image (voxel {voxel.round(1)})")
