@@ -35,8 +35,8 @@ def mask_from_centre(record: dict, centre_mm: Sequence[float], diameter_mm: floa
         raise ValueError(
             f"tumor_diameter_mm must be between {MIN_DIAMETER_MM} and {MAX_DIAMETER_MM}, got {diameter_mm}"
         )
-    if centre_mm is None or len(centre_mm) != 3:
-        raise ValueError(f"tumor_center_mm must be three numbers (x, y, z in mm), got {centre_mm}")
+    if centre_mm is None or len(centre_mm) != 3 or not np.all(np.isfinite(np.asarray(centre_mm, float))):
+        raise ValueError(f"tumor_center_mm must be three finite numbers (x, y, z in mm), got {centre_mm}")
     shape = tuple(record["image_size"])
     affine = centred_affine(shape, record["image_spacing_mm"])
     half_extent = 0.5 * np.asarray(shape) * np.asarray(record["image_spacing_mm"])
