@@ -18,7 +18,6 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -122,9 +121,7 @@ def main(argv: list[str] | None = None) -> None:
                     for seed in args.seeds:
                         tumor = native_mask(ct, None, centre, diameter, seed)
                         for resample in args.resample_steps:
-                            start = time.perf_counter()
                             done = insert_into(sampler, ct, tumor, "tumor_center_mm", seed, args.margin, resample)
-                            done.report["seconds"] = time.perf_counter() - start
                             figures = score(ct.hu, done.hu, tumor, done.report, voxel_spacing(ct.affine), args.margin)
                             row = {"case": case.name, "place": place, "diameter_mm": diameter, "seed": seed}
                             rows.append({**row, "resample_steps": resample, **figures})

@@ -110,8 +110,9 @@ def synthesize_with_tumor(server_url: str, volume, **options) -> tuple:
     return show(result, f"synthetic CT seed {result.info['seed']} with tumor")
 
 
-def insert_tumor(server_url: str, volume, blend_margin_mm: float = 10.0, **options) -> tuple:
+def insert_tumor(server_url: str, volume, blend_margin_mm: float | None = None, **options) -> tuple:
     """`volume` itself with a synthetic tumor at the markups' points, or in the segment, loaded beside it: the same
-    grid, changed only within `blend_margin_mm` (0 to 50) of the tumor; `options`: as for synthesize_with_tumor."""
+    grid, changed only within `blend_margin_mm` (0 to 50; default: the server's) of the tumor; `options`: as for
+    synthesize_with_tumor."""
     result = tumor_task(server_url, INSERT_TASK, volume, blend_margin_mm=blend_margin_mm, **options)
     return show(result, f"{volume.GetName()} with tumor seed {result.info['seed']}")

@@ -216,6 +216,13 @@ def test_bad_requests_are_refused_naming_the_parameter_and_write_nothing(patient
     grey = empty.copy()
     grey[80, 80, 40] = 2
     _refused(sampler, tmp_path, "mask .* binary", image=image, mask=_mask_file(tmp_path / "g.nii.gz", ct, grey))
+    top = empty.copy()
+    top[70:90, 70:90, -3:] = 1
+    raised = ct.affine.copy()
+    raised[2, 3] += 30.0  # the same grid 30 mm higher: the mask's top slices lie above the image
+    nib.save(nib.Nifti1Image(top, raised), tmp_path / "b.nii.gz")
+    beyond = str(tmp_path / "b.nii.gz")
+    _refused(sampler, tmp_path, "mask .* extends beyond the image PHANTOM-001", image=image, mask=beyond)
     air = empty.copy()
     air[76:84, 148:156, 38:42] = 1
     _refused(

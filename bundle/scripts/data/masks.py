@@ -28,11 +28,16 @@ def read_binary_mask(path: str | Path) -> tuple[nib.Nifti1Image, np.ndarray]:
 
 
 def resample_mask(
-    data: np.ndarray, affine: np.ndarray, grid_affine: np.ndarray, shape: Sequence[int], name: str
+    data: np.ndarray,
+    affine: np.ndarray,
+    grid_affine: np.ndarray,
+    shape: Sequence[int],
+    name: str,
+    grid: str = "the working grid",
 ) -> np.ndarray:
     """Binary `data` placed by `affine`, resampled (nearest) by world coordinates onto a grid; refused if it leaves it.
 
-    `name` (the file or request parameter) goes into the error messages.
+    `name` (the file or request parameter) and `grid` (what the grid is to the user) go into the error messages.
     """
     source_voxels = np.linalg.solve(affine, grid_affine)  # grid voxel -> mask voxel
     resampled = ndimage.affine_transform(
@@ -42,7 +47,7 @@ def resample_mask(
     in_grid = np.linalg.solve(grid_affine, affine)[:3] @ np.c_[foreground, np.ones(len(foreground))].T
     spacing = np.sqrt((grid_affine[:3, :3] ** 2).sum(0)).round(3).tolist()
     if np.any(in_grid < -0.5) or np.any(in_grid > np.asarray(shape)[:, None] - 0.5):
-        raise ValueError(f"mask {name} extends beyond the working grid ({list(shape)} voxels of {spacing} mm)")
+        raise ValueError(f"mask {name} extends beyond {grid} ({list(shape)} voxels of {spacing} mm)")
     if not resampled.any():
-        raise ValueError(f"mask {name} vanishes on the working grid ({spacing} mm voxels): it is smaller than a voxel")
+        raise ValueError(f"mask {name} vanishes on {grid} ({spacing} mm voxels): it is smaller than a voxel")
     return resampled

@@ -86,9 +86,8 @@ def read_patient_ct(image: str | Path) -> PatientCT:
     if hu.ndim != 3:
         raise ValueError(f"image {path} must be a 3D CT volume, it has shape {list(hu.shape)}")
     name = path.name.removesuffix(".nii.gz").removesuffix(".nii").removesuffix("_ct")
-    name = (
-        path.parent.name if name == "ct" else name
-    )  # a case folder's ct.nii.gz (ingest, phantoms) takes the case's name
+    if name == "ct":  # a case folder's ct.nii.gz (ingest, phantoms) takes the case's name
+        name = path.parent.name
     hu = np.clip(np.round(hu), -32768, 32767).astype(np.int16)
     return PatientCT(hu, np.asarray(nifti.affine, float), name, str(path))
 
@@ -122,7 +121,7 @@ def native_mask(
         raise ValueError("give either mask (a NIfTI file) or tumor_center_mm (with tumor_diameter_mm), not both")
     if mask is not None:
         image, data = read_binary_mask(mask)
-        return resample_mask(data, image.affine, ct.affine, ct.hu.shape, str(mask)) > 0
+        return resample_mask(data, image.affine, ct.affine, ct.hu.shape, str(mask), f"the image {ct.name}") > 0
     if not MIN_DIAMETER_MM <= float(tumor_diameter_mm) <= MAX_DIAMETER_MM:
         raise ValueError(
             f"tumor_diameter_mm must be between {MIN_DIAMETER_MM} and {MAX_DIAMETER_MM}, got {tumor_diameter_mm}"
