@@ -24,6 +24,7 @@ from scripts.sampling.tumor_request import mask_from_centre
 from scripts.transforms.preprocess import preprocessing_chain
 
 STEPS, MAX_STEPS = 3, 20
+LONG_STEPS = 200  # the served app's cap: a generation of seconds, not of tenths of one
 CONFIGURED_ORIGIN = "http://127.0.0.1:3000"
 
 
@@ -48,9 +49,12 @@ def server(conf, phantom, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def served(conf, phantom, tmp_path_factory) -> str:
-    """MONAI Label's bare uvicorn command: its settings in the environment, CORS origins set."""
+    """MONAI Label's bare uvicorn command: its settings in the environment, CORS origins set, a step cap of 200."""
     with running_server(
-        phantom.path.parent, tmp_path_factory.mktemp("served") / "server.log", conf, cors_origins=[CONFIGURED_ORIGIN]
+        phantom.path.parent,
+        tmp_path_factory.mktemp("served") / "server.log",
+        {**conf, "max_inference_steps": str(LONG_STEPS)},
+        cors_origins=[CONFIGURED_ORIGIN],
     ) as url:
         yield url
 
@@ -281,7 +285,7 @@ def test_a_request_during_a_generation_waits_for_it(served):
 
     def generate():
         try:
-            infer(server, "synthesize", {"seed": 1, "num_inference_steps": MAX_STEPS})
+            infer(server, "synthesize", {"seed": 1, "num_inference_steps": LONG_STEPS})
         except Exception as error:  # reported by the assertion below
             done["error"] = repr(error)
         done["infer"] = time.monotonic()
