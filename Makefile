@@ -49,8 +49,8 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 
 ## Train every stage in order on DATA (a folder with datalist.json, from `ingest` or `phantoms`): the autoencoder,
-## its decoder fine-tuned to draw tumors, the diffusion U-Net, the tumor ControlNet. CONFIG names overlays of
-## configs/ (CONFIG=highres for 512 x 512 x 128; CONFIG=demo; none: the thesis configuration); <STAGE>_ARGS add
+## its decoder fine-tuned to draw tumors, the diffusion U-Net, the tumor ControlNet, the structure segmenter. CONFIG names
+## overlays of configs/ (CONFIG=highres for 512 x 512 x 128; CONFIG=demo; none: the thesis configuration); <STAGE>_ARGS add
 ## overrides per stage. Each stage resumes after an interruption and is skipped once its final weights exist;
 ## the weights to sample with are gathered in $(RUNS)/model.
 comma := ,
@@ -71,9 +71,11 @@ train: $(VENV)/.installed
 		--log_dir $(RUNS)/log/diffusion $(DIFFUSION_ARGS))
 	test -f $(RUNS)/controlnet.pt || ($(STAGE) --config_file $(call configs,train_controlnet) \
 		--log_dir $(RUNS)/log/controlnet $(CONTROLNET_ARGS))
+	test -f $(RUNS)/segmentation.pt || ($(STAGE) --config_file $(call configs,train_segmentation) \
+		--log_dir $(RUNS)/log/segmentation $(SEGMENTATION_ARGS))
 	mkdir -p $(RUNS)/model
 	cp $(RUNS)/autoencoder_finetuned.pt $(RUNS)/model/autoencoder.pt
-	cp $(RUNS)/diffusion.pt $(RUNS)/controlnet.pt $(RUNS)/model/
+	cp $(RUNS)/diffusion.pt $(RUNS)/controlnet.pt $(RUNS)/segmentation.pt $(RUNS)/model/
 	@echo "Trained weights are in $(RUNS)/model: sample with --model_dir $(RUNS)/model"
 
 ## Rebuild the shipped demo weights in bundle/models/demo from 48 phantoms at 128^3 with `make train CONFIG=demo`
@@ -84,7 +86,8 @@ demo-weights: $(VENV)/.installed
 	$(MAKE) train DATA=$(DEMO_DATA) CONFIG=demo RUNS=$(CURDIR)/bundle/runs/demo \
 		AUTOENCODER_ARGS="--max_epochs 120 --val_interval 10" \
 		DIFFUSION_ARGS="--batch_size 8 --max_epochs 300 --val_interval 25" \
-		CONTROLNET_ARGS="--batch_size 8 --max_epochs 200 --val_interval 25 --tumor_loss_weight 20.0"
+		CONTROLNET_ARGS="--batch_size 8 --max_epochs 200 --val_interval 25 --tumor_loss_weight 20.0" \
+		SEGMENTATION_ARGS="--max_epochs 100 --val_interval 10"
 	cp bundle/runs/demo/model/*.pt bundle/models/demo/
 
 ## A rectified-flow U-Net on the shipped demo autoencoder, for the benchmark's RFlow rows (not shipped):

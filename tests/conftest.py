@@ -26,7 +26,8 @@ def phantom_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, phantom_dir) -> SimpleNamespace:
-    """Tiny models trained on the phantoms: autoencoder (two epochs, the second adversarial), diffusion and ControlNet (three).
+    """Tiny models trained on the phantoms: autoencoder (two epochs, the second adversarial), diffusion and ControlNet
+    (three), structure segmenter (two).
 
     Holds `dir` (the checkpoint folder) and the networks' weights from before training.
     """
@@ -39,6 +40,13 @@ def trained(tmp_path_factory, phantom_dir) -> SimpleNamespace:
     )
     diffusion = train_in_process(["train_diffusion.json", "demo.json"], "network", {**common, "max_epochs": 3})
     controlnet = train_in_process(["train_controlnet.json", "demo.json"], "controlnet", {**common, "max_epochs": 3})
+    segmentation = train_in_process(
+        ["train_segmentation.json", "demo.json"], "network", {**common, "max_epochs": 2, "segmentation_init_filters": 8}
+    )
     return SimpleNamespace(
-        dir=ckpt, initial_autoencoder=autoencoder, initial_diffusion=diffusion, initial_controlnet=controlnet
+        dir=ckpt,
+        initial_autoencoder=autoencoder,
+        initial_diffusion=diffusion,
+        initial_controlnet=controlnet,
+        initial_segmentation=segmentation,
     )

@@ -11,6 +11,7 @@ from scripts.evaluation.quality import write_quality_report
 from scripts.networks.export import export_networks
 from scripts.phantoms.dicom_tree import write_phantom_dicom
 from scripts.phantoms.thorax import write_phantoms
+from scripts.sampling.cohort import run_cohort
 from scripts.transforms.preprocess import preprocess_case
 
 
@@ -50,5 +51,6 @@ if __name__ == "__main__":
             "quality_filter": write_quality_report,
             "export_dicom": export_dicom,
             "export": export_networks,
+            "cohort": run_cohort,
         }
     )

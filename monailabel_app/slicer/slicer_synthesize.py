@@ -31,7 +31,8 @@ LUNG_WINDOW = (1500, -600)
 
 
 def show(result: Synthesis, name: str) -> tuple:
-    """Load the CT as a scalar volume (never a labelmap) and the mask as a segmentation on it; returns both nodes."""
+    """Load the CT as a scalar volume (never a labelmap), the mask and the structures as segmentations on it (segments
+    named as the server names them); returns the CT and tumor nodes."""
     volume = slicer.util.loadVolume(str(result.ct_path), {"labelmap": False, "name": name})
     volume.GetDisplayNode().SetAutoWindowLevel(False)
     volume.GetDisplayNode().SetWindowLevel(*LUNG_WINDOW)
@@ -39,6 +40,14 @@ def show(result: Synthesis, name: str) -> tuple:
     if result.mask_path is not None:
         segmentation = slicer.util.loadSegmentation(str(result.mask_path), {"name": f"{name} tumor"})
         segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    if result.structures_path is not None:
+        structures = slicer.util.loadSegmentation(str(result.structures_path), {"name": f"{name} structures"})
+        structures.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+        names = {number: label for label, number in result.info["structures_labels"].items()}
+        segments = structures.GetSegmentation()
+        for index in range(segments.GetNumberOfSegments()):
+            segment = segments.GetNthSegment(index)
+            segment.SetName(names.get(segment.GetLabelValue(), segment.GetName()))
     slicer.util.setSliceViewerLayers(background=volume, fit=True)
     return volume, segmentation
 

@@ -2,7 +2,8 @@
 
 Importable in plain Python (tests) and in 3D Slicer, whose MONAI Label extension ships the same
 client as `MONAILabelLib`. The server's JSON carries the tumor mask as a base64 gzipped NIfTI
-(`tumor_mask.data`); `synthesize` writes it beside the CT. The same call serves every task: `synthesize`,
+(`tumor_mask.data`), and the structures as a label map (`structures.data`, its ids named in `structures.labels`);
+`synthesize` writes both beside the CT. The same call serves every task: `synthesize`,
 `synthesize_tumor` and `insert_tumor` (the uploaded CT itself, with the tumor).
 """
 
@@ -31,11 +32,13 @@ MASK_FORMAT = "nifti-gz-base64"
 
 @dataclass(frozen=True)
 class Synthesis:
-    """A generated case on this machine: the CT file, the tumor mask file (if any) and the server's description."""
+    """A generated case on this machine: the CT file, the tumor mask and structures files (if any), the server's
+    description (`structures_labels`: the name of each id of the structures' label map)."""
 
     ct_path: Path
     mask_path: Path | None
     info: dict[str, Any]
+    structures_path: Path | None = None
 
 
 def ras_to_voxel(ras_mm: Sequence[float], ras_to_ijk: np.ndarray) -> list[float]:
@@ -62,13 +65,14 @@ def request_params(
     return params
 
 
-def save_mask(info: dict[str, Any], path: Path) -> Path | None:
-    """Write the tumor mask carried in the server's JSON to `path` (.nii.gz); None when the result has no mask."""
-    mask = info.get("tumor_mask")
+def save_mask(info: dict[str, Any], path: Path, key: str = "tumor_mask") -> Path | None:
+    """Write the volume the server's JSON carries under `key` (the tumor mask, or `structures`) to `path` (.nii.gz);
+    None when the result has none."""
+    mask = info.get(key)
     if mask is None:
         return None
     if mask.get("format") != MASK_FORMAT:
-        raise ValueError(f"tumor_mask comes as {mask.get('format')!r}; this client reads {MASK_FORMAT!r}")
+        raise ValueError(f"{key} comes as {mask.get('format')!r}; this client reads {MASK_FORMAT!r}")
     path.write_bytes(base64.b64decode(mask["data"], validate=True))
     return path
 
@@ -83,8 +87,8 @@ def synthesize(
     label_file: Path | None = None,
     token: str | None = None,
 ) -> Synthesis:
-    """Run `model` on the server (sending `token` as a bearer token if given); the CT and mask land in `out_dir` as
-    `<model>_seed<N>_ct.nii.gz` and `_mask.nii.gz`."""
+    """Run `model` on the server (sending `token` as a bearer token if given); the CT, mask and structures land in
+    `out_dir` as `<model>_seed<N>_ct.nii.gz`, `_mask.nii.gz` and `_structures.nii.gz`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
@@ -102,4 +106,8 @@ def synthesize(
         stem = f"{model}_seed{info['seed']}"
         ct_path = Path(shutil.move(received, out / f"{stem}_ct.nii.gz"))
     mask_path = save_mask(info, out / f"{stem}_mask.nii.gz")
-    return Synthesis(ct_path, mask_path, {key: value for key, value in info.items() if key != "tumor_mask"})
+    structures_path = save_mask(info, out / f"{stem}_structures.nii.gz", "structures")
+    described = {key: value for key, value in info.items() if key not in ("tumor_mask", "structures")}
+    if structures_path is not None:
+        described["structures_labels"] = info["structures"]["labels"]
+    return Synthesis(ct_path, mask_path, described, structures_path)

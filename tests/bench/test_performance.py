@@ -150,6 +150,7 @@ def test_rflow_training_records_its_schedule(rflow_dir):
 def test_rflow_model_samples_through_the_inference_config(rflow_dir, trained, tmp_path):
     ckpt, _ = rflow_dir
     overrides = {"model_dir": str(ckpt), "output_dir": str(tmp_path), "num_samples": 2, "batch_size": 2, "seed": 1}
+    overrides["structures"] = False  # the rflow folder holds no segmenter
     run_bundle(["inference.json"], {**overrides, "sampler": "rflow", "num_inference_steps": 5})
     volumes = [np.asanyarray(nib.load(tmp_path / f"sample_seed{s}_ct.nii.gz").dataobj) for s in (1, 2)]
     assert volumes[0].shape == (TINY["grid_size"],) * 3 and volumes[0].min() >= -1000 and volumes[0].max() <= 1000

@@ -70,7 +70,13 @@ def test_inference_writes_the_clinical_grid_as_nifti_and_a_dicom_series(highres)
     out = highres / "samples"
     run_bundle(
         ["inference.json"],
-        {"model_dir": str(highres / "models"), "output_dir": str(out), "num_inference_steps": 2, "dicom": True},
+        {
+            "model_dir": str(highres / "models"),
+            "output_dir": str(out),
+            "num_inference_steps": 2,
+            "dicom": True,
+            "structures": False,
+        },
     )
     image = nib.load(out / "sample_seed0_ct.nii.gz")
     assert image.shape == tuple(GRID) and image.get_data_dtype() == np.int16

@@ -6,8 +6,6 @@ print "Error" and "Warning" lines, and every such line fails the test with the l
 """
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import nibabel as nib
@@ -17,6 +15,7 @@ import pytest
 from pydicom.multival import MultiValue
 
 from helpers import BUNDLE
+from helpers.dicom3tools import findings, validator
 from scripts.dicom import writer
 from scripts.dicom.ct_folder import read_ct_folder
 from scripts.dicom.export import MANUFACTURER, export_dicom
@@ -26,20 +25,6 @@ from scripts.sampling.tumor_request import mask_from_centre
 
 RECORD = {"image_size": [48, 48, 24], "image_spacing_mm": [6.0, 6.0, 5.0]}
 MODALITIES = ["CT", "RTSTRUCT", "SEG"]
-
-
-def validator(name: str) -> str:
-    """The path of a dicom3tools program; the test is skipped, naming the package to install, when it is missing."""
-    path = shutil.which(name)
-    if path is None:
-        pytest.skip(f"{name} is not installed: apt-get install dicom3tools (Debian/Ubuntu)")
-    return path
-
-
-def findings(command: list[str]) -> list[str]:
-    """The Error and Warning lines a dicom3tools validator prints (its report goes to stderr)."""
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith(("Error", "Warning"))]
 
 
 def by_modality(root: Path) -> dict[str, list[Path]]:

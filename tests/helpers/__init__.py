@@ -1,7 +1,7 @@
 """Plain helpers for the tests: the bundle folder, the TINY overrides, and running the bundle's workflows.
 
-`corrupt` (real phantoms on the working grid and their failure kinds) and `sitk_reference` (an independent DICOM
-reader) are the package's other modules. The pytest fixtures built from these live in tests/conftest.py.
+`corrupt` (real phantoms on the working grid and their failure kinds), `sitk_reference` (an independent DICOM
+reader) and `dicom3tools` (its validators) are the package's other modules. The pytest fixtures built from these live in tests/conftest.py.
 """
 
 from __future__ import annotations

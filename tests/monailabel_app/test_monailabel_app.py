@@ -16,8 +16,9 @@ import pytest
 import requests
 from local_server import PhantomStudy, phantom_study, running_server
 from monailabel.client import MONAILabelClient
-from synthesis_client import TUMOR_TASK, request_params, save_mask, synthesize
+from synthesis_client import TASK, TUMOR_TASK, request_params, save_mask, synthesize
 
+from scripts.data.labels import LABELS
 from scripts.data.volumes import centred_affine
 from scripts.networks.checkpoint import load_checkpoint
 from scripts.sampling.tumor_request import mask_from_centre
@@ -302,6 +303,20 @@ def test_a_request_during_a_generation_waits_for_it(served):
     assert answered >= done["infer"] - 0.05, (
         "/info/ is answered only once the generation is over (/infer blocks the server)"
     )
+
+
+def test_results_carry_the_structures_as_named_segments(server, phantom, tmp_path):
+    params = request_params(seed=3, num_inference_steps=STEPS, foreground=[phantom.lung_voxel], tumor_diameter_mm=40.0)
+    result = synthesize(server, TUMOR_TASK, params, tmp_path / "tumor", image_file=phantom.path)
+    ct, mask, structures = (nib.load(p) for p in (result.ct_path, result.mask_path, result.structures_path))
+    ids = np.asanyarray(structures.dataobj)
+    assert structures.shape == ct.shape and np.allclose(structures.affine, ct.affine)
+    assert np.array_equal(ids == LABELS["gtv_1"], np.asanyarray(mask.dataobj) > 0), "GTV-1 is the requested tumor"
+    names = result.info["structures_labels"]
+    assert names["GTV-1"] == LABELS["gtv_1"] and set(names.values()) == set(np.unique(ids).tolist()) - {0}
+    plain = synthesize(server, TASK, request_params(seed=3, num_inference_steps=STEPS), tmp_path / "plain")
+    assert plain.structures_path.name == "synthesize_seed3_structures.nii.gz" and plain.mask_path is None
+    assert nib.load(plain.structures_path).shape == nib.load(plain.ct_path).shape
 
 
 def test_slicer_client_logic_against_the_server(server, phantom, tmp_path):

@@ -20,6 +20,22 @@ LABELS = MappingProxyType(
     }
 )
 
+#: The TG-263 name of each structure of the label map, as planning systems and the exported RTSTRUCT name them.
+TG263_NAMES = MappingProxyType(
+    {
+        "gtv_1": "GTV-1",
+        "gtv_other": "GTV-2",
+        "lungs": "Lungs",
+        "heart": "Heart",
+        "esophagus": "Esophagus",
+        "spinal_cord": "SpinalCord",
+        "body": "External",
+    }
+)
+
+#: Number of label ids: the classes a segmentation network of the label map predicts.
+NUM_LABELS = len(LABELS)
+
 #: Structures in order of precedence: where two overlap, the earlier one is written.
 PRECEDENCE = ("gtv_1", "gtv_other", "lungs", "heart", "esophagus", "spinal_cord", "body")
 

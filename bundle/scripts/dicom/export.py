@@ -1,8 +1,10 @@
-"""Export a synthetic CT (and its tumor mask) as DICOM for a treatment planning system.
+"""Export a synthetic CT (with its tumor mask and label map) as DICOM for a treatment planning system.
 
 `<out>/CT/CT_0001.dcm ...` (CT Image Storage, int16 HU with rescale slope 1 and intercept 0, geometry
-from the NIfTI affine), `<out>/RTSTRUCT/RS.dcm` with the mask as ROI `GTV-1` (closed planar contours
-referencing the CT's instances) and `<out>/SEG/SEG.dcm`. Every export gets fresh UIDs and one frame
+from the NIfTI affine), `<out>/RTSTRUCT/RS.dcm` (closed planar contours referencing the CT's instances,
+a display colour per ROI) and `<out>/SEG/SEG.dcm`: the mask as ROI `GTV-1`, or with a label map every
+structure in it under its TG-263 name (External, Lung_L, Lung_R, Heart, Esophagus, SpinalCord, GTV-1,
+GTV-2; the lungs split into the patient's sides). Every export gets fresh UIDs and one frame
 of reference; the patient name and id say the case is synthetic, and so do ImageComments, the image
 type (DERIVED, SECONDARY: no scanner acquired it) and the equipment (the bundle's name and version).
 """
@@ -21,9 +23,11 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from scripts.bundle_config import BUNDLE_DIR
+from scripts.data.labels import LABELS, TG263_NAMES
+from scripts.data.lungs import split_lungs
 from scripts.data.masks import read_binary_mask
 from scripts.data.staging import staged_folder
-from scripts.dicom.writer import Uid, ct_slices, rtstruct_dataset, seg_dataset, study_attributes, to_lps
+from scripts.dicom.writer import Rois, Uid, ct_slices, rtstruct_dataset, seg_dataset, study_attributes, to_lps
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +45,12 @@ SOURCE_PATIENT_STUDY = (
 )
 #: ImageType of an exported CT: pixels computed by the model, not acquired from a patient.
 IMAGE_TYPE = ["DERIVED", "SECONDARY", "AXIAL"]
+#: Structures (of writer.CODING) a label map exports, in ROI order: the outline, the organs, then the tumors.
+LABEL_STRUCTURES = ("body", "lung_left", "lung_right", "heart", "esophagus", "spinal_cord", "gtv_1", "gtv_other")
+#: The TG-263 ROI name of each exported structure: the label map's, and the two sides of the lungs.
+ROI_NAMES = {**TG263_NAMES, "lung_left": "Lung_L", "lung_right": "Lung_R"}
+#: The label map's organs and tumors that are ROIs as they are (the lungs are split, the outline is their union).
+_AS_LABELLED = ("heart", "esophagus", "spinal_cord", "gtv_1", "gtv_other")
 
 
 def _equipment() -> dict[str, str]:
@@ -66,6 +76,53 @@ def _read_ct(path: str) -> nib.Nifti1Image:
     return image
 
 
+def _check_grid(kind: str, path: str, volume: nib.Nifti1Image, image: nib.Nifti1Image) -> None:
+    """Refuse the `kind` (mask, label) NIfTI at `path` unless it lies on the CT `image`'s grid: ROIs need its voxels."""
+    if volume.shape != image.shape or not np.allclose(volume.affine, image.affine, atol=1e-3):
+        raise ValueError(
+            f"{kind} {path} must be on the CT's grid: shape {volume.shape} vs {image.shape}, or another affine"
+        )
+
+
+def _read_mask(path: str, image: nib.Nifti1Image) -> np.ndarray:
+    """The binary mask at `path` on the CT `image`'s grid, as booleans."""
+    volume, data = read_binary_mask(path)
+    _check_grid("mask", path, volume, image)
+    return data > 0
+
+
+def _read_label(path: str, image: nib.Nifti1Image) -> np.ndarray:
+    """The label map at `path` (ids of scripts/data/labels.py) on the CT `image`'s grid, as uint8 ids."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"label: no file at {path}")
+    volume = nib.load(path)
+    _check_grid("label", path, volume, image)
+    ids = np.asanyarray(volume.dataobj)
+    unknown = sorted(set(np.unique(ids).tolist()) - set(LABELS.values()))
+    if unknown:
+        raise ValueError(f"label {path} holds values that are no label id: {unknown[:10]} (ids are {dict(LABELS)})")
+    return ids.astype(np.uint8)
+
+
+def _midline_x(ids: np.ndarray, affine_ras: np.ndarray) -> float | None:
+    """World x (RAS mm) of the spinal cord's centre of mass, else of the body's: where the lungs meet if fused."""
+    for centre in (ids == LABELS["spinal_cord"], ids > 0):
+        if centre.any():
+            return float(affine_ras[0, :3] @ np.mean(np.nonzero(centre), axis=1) + affine_ras[0, 3])
+    return None
+
+
+def _label_rois(ids: np.ndarray, affine_ras: np.ndarray, gtv: np.ndarray | None) -> Rois:
+    """(TG-263 name, structure, mask) per structure in `ids`, in LABEL_STRUCTURES order; a tumor mask `gtv` is GTV-1."""
+    masks = {structure: ids == LABELS[structure] for structure in _AS_LABELLED}
+    if gtv is not None:
+        masks["gtv_1"] = gtv
+    masks["body"] = (ids > 0) | masks["gtv_1"]  # External: the whole patient, the organs and tumors within
+    lungs = ids == LABELS["lungs"]
+    masks["lung_left"], masks["lung_right"] = split_lungs(lungs, affine_ras, _midline_x(ids, affine_ras))
+    return [(ROI_NAMES[s], s, masks[s]) for s in LABEL_STRUCTURES if masks[s].any()]
+
+
 def export_dicom(
     ct: str,
     out: str,
@@ -73,28 +130,34 @@ def export_dicom(
     name: str | None = None,
     overwrite: bool = False,
     source: Dataset | None = None,
+    label: str | None = None,
 ) -> Path:
-    """Write the NIfTI CT `ct` (HU) and optional binary `mask` on its grid as a DICOM CT series + RTSTRUCT + SEG in `out`.
+    """Write the NIfTI CT `ct` (HU), with an optional tumor `mask` and `label` map on its grid, as DICOM in `out`.
+
+    A CT series, and with a mask or label an RTSTRUCT and a SEG. With `label`, one ROI per structure it holds, named
+    by TG-263: External (the whole patient), Lung_L, Lung_R, Heart, Esophagus, SpinalCord, GTV-1, GTV-2. A SEG voxel
+    holds one segment: where ROIs overlap the later listed wins, so External's segment is the body outside the others.
 
     Args:
         ct: CT NIfTI in HU.
-        out: output folder; it gets CT/, RTSTRUCT/ and SEG/ (the last two only with a mask).
-        mask: tumor mask NIfTI on the CT's grid (same shape and affine), exported as ROI GTV-1.
+        out: output folder; it gets CT/, RTSTRUCT/ and SEG/ (the last two only with a mask or label).
+        mask: tumor mask NIfTI on the CT's grid (same shape and affine), exported as ROI GTV-1 (with `label`, in place
+            of the label map's gtv_1).
         name: case name for PatientID/PatientName (default: the CT file's name); prefixed with SYNTHETIC.
         overwrite: replace an existing `out` (otherwise it must not exist).
         source: a slice header of the patient's CT this one was made from (a tumor inserted into it): the export keeps
             its patient, study, frame of reference and patient position, as a new series of that study.
+        label: label map NIfTI on the CT's grid (uint8 ids of scripts/data/labels.py), exported structure by structure;
+            the lungs are split into the patient's left and right.
     """
     image = _read_ct(ct)
     hu = np.round(np.asanyarray(image.dataobj)).astype(np.int16)
-    rois = []
-    if mask is not None:
-        label, data = read_binary_mask(mask)
-        if label.shape != image.shape or not np.allclose(label.affine, image.affine, atol=1e-3):
-            raise ValueError(
-                f"mask {mask} must be on the CT's grid: shape {label.shape} vs {image.shape}, or another affine"
-            )
-        rois = [("GTV-1", "gtv_1", to_lps(data > 0, image.affine)[0])]
+    gtv = None if mask is None else _read_mask(mask, image)
+    if label is not None:
+        rois = _label_rois(_read_label(label, image), image.affine, gtv)
+    else:
+        rois = [] if gtv is None else [("GTV-1", "gtv_1", gtv)]
+    rois = [(roi, structure, to_lps(voxels, image.affine)[0]) for roi, structure, voxels in rois]
     case = name or Path(ct).name.removesuffix(".nii.gz").removesuffix(".nii")
     with staged_folder(Path(out), overwrite=overwrite) as staging:
         for folder, files in _datasets(hu, image.affine, rois, case, source).items():
@@ -124,7 +187,7 @@ def _study(case: str, source: Dataset | None) -> tuple[Dataset, Uid]:
 
 
 def _datasets(
-    hu: np.ndarray, affine_ras: np.ndarray, rois: list, case: str, source: Dataset | None = None
+    hu: np.ndarray, affine_ras: np.ndarray, rois: Rois, case: str, source: Dataset | None = None
 ) -> dict[str, dict[str, Dataset]]:
     """Per series folder, file name to dataset: the CT series and, with ROIs, the RTSTRUCT and SEG."""
     common, uid = _study(case, source)
@@ -139,5 +202,5 @@ def _datasets(
     series = {"CT": {f"CT_{int(d.InstanceNumber):04d}.dcm": d for d in slices}}
     if rois:
         series["RTSTRUCT"] = {"RS.dcm": rtstruct_dataset(rois, slices, affine_lps, uid, common, "SYNTHETIC")}
-        series["SEG"] = {"SEG.dcm": seg_dataset(rois, slices, affine_lps, uid, MANUFACTURER)}
+        series["SEG"] = {"SEG.dcm": seg_dataset(rois, slices, affine_lps, uid, MANUFACTURER, later_wins=True)}
     return series

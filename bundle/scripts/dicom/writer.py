@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 from monai.utils import optional_import
@@ -42,15 +43,28 @@ _ALTERED = {
     "CodeMeaning": "Morphologically Altered Structure",
 }
 _ANATOMY = {"CodeValue": "123037004", "CodingSchemeDesignator": "SCT", "CodeMeaning": "Anatomical Structure"}
-#: Per structure: RTSTRUCT interpreted type, SEG property category and SNOMED CT property type (code, meaning).
+
+
+class Coding(NamedTuple):
+    """How the RTSTRUCT and SEG describe one structure."""
+
+    interpreted_type: str  #: RTROIInterpretedType
+    category: dict[str, str]  #: SEG SegmentedPropertyCategoryCodeSequence item
+    property_type: tuple[str, str]  #: SNOMED CT SegmentedPropertyType (code, meaning)
+    color: tuple[int, int, int]  #: ROIDisplayColor (RGB), also the SEG's recommended display colour
+
+
+#: Per structure (the label map's, the two sides of the lungs): its coding, colours as planning systems show them.
 CODING = {
-    "gtv_1": ("GTV", _ALTERED, ("86049000", "Neoplasm, Primary")),
-    "gtv_other": ("GTV", _ALTERED, ("14269005", "Neoplasm, Secondary")),
-    "lungs": ("ORGAN", _ANATOMY, ("39607008", "Lung")),
-    "heart": ("ORGAN", _ANATOMY, ("80891009", "Heart")),
-    "esophagus": ("ORGAN", _ANATOMY, ("32849002", "Esophagus")),
-    "spinal_cord": ("ORGAN", _ANATOMY, ("2748008", "Spinal cord")),
-    "body": ("EXTERNAL", _ANATOMY, ("38266002", "Entire body")),
+    "gtv_1": Coding("GTV", _ALTERED, ("86049000", "Neoplasm, Primary"), (255, 0, 255)),
+    "gtv_other": Coding("GTV", _ALTERED, ("14269005", "Neoplasm, Secondary"), (255, 128, 192)),
+    "lungs": Coding("ORGAN", _ANATOMY, ("39607008", "Lung"), (0, 128, 255)),
+    "lung_left": Coding("ORGAN", _ANATOMY, ("44029006", "Left lung"), (135, 206, 250)),
+    "lung_right": Coding("ORGAN", _ANATOMY, ("3341006", "Right lung"), (0, 0, 255)),
+    "heart": Coding("ORGAN", _ANATOMY, ("80891009", "Heart"), (255, 0, 0)),
+    "esophagus": Coding("ORGAN", _ANATOMY, ("32849002", "Esophagus"), (205, 133, 63)),
+    "spinal_cord": Coding("ORGAN", _ANATOMY, ("2748008", "Spinal cord"), (255, 255, 0)),
+    "body": Coding("EXTERNAL", _ANATOMY, ("38266002", "Entire body"), (0, 255, 0)),
 }
 
 
@@ -171,8 +185,10 @@ def _frame_reference(slices: list[Dataset], images: list[Dataset]) -> Dataset:
     return frame
 
 
-def _roi_contours(number: int, mask: np.ndarray, images: list[Dataset], affine_lps: np.ndarray) -> Dataset:
-    """The ROIContourSequence item of ROI `number`: a closed planar contour per outline of `mask` on each slice."""
+def _roi_contours(
+    number: int, structure: str, mask: np.ndarray, images: list[Dataset], affine_lps: np.ndarray
+) -> Dataset:
+    """The ROIContourSequence item of ROI `number`: its colour, a closed planar contour per slice outline of `mask`."""
     contours = []
     for k, points in trace_contours(mask, affine_lps):
         contour = Dataset()
@@ -181,6 +197,7 @@ def _roi_contours(number: int, mask: np.ndarray, images: list[Dataset], affine_l
         contour.ContourData = _ds(points)
         contours.append(contour)
     item = Dataset()
+    item.ROIDisplayColor = list(CODING[structure].color)
     item.ReferencedROINumber, item.ContourSequence = number, contours
     return item
 
@@ -215,20 +232,22 @@ def rtstruct_dataset(
         )
         roi.ROIGenerationAlgorithm = "AUTOMATIC"
         observation.update({"ObservationNumber": number, "ReferencedROINumber": number, "ROIInterpreter": ""})
-        observation.RTROIInterpretedType = CODING[structure][0]
+        observation.RTROIInterpretedType = CODING[structure].interpreted_type
         dataset.StructureSetROISequence.append(roi)
-        dataset.ROIContourSequence.append(_roi_contours(number, mask, images, affine_lps))
+        dataset.ROIContourSequence.append(_roi_contours(number, structure, mask, images, affine_lps))
         dataset.RTROIObservationsSequence.append(observation)
     return dataset
 
 
-def seg_dataset(rois: Rois, slices: list[Dataset], affine_lps: np.ndarray, uid: Uid, algorithm: str) -> Dataset:
-    """A binary DICOM SEG of the ROIs (one segment each, the earlier ROI winning where they overlap), via pydicom-seg."""
+def seg_dataset(
+    rois: Rois, slices: list[Dataset], affine_lps: np.ndarray, uid: Uid, algorithm: str, later_wins: bool = False
+) -> Dataset:
+    """A binary SEG of the ROIs via pydicom-seg, one segment a voxel: the earlier ROI's (`later_wins`: later) if both."""
     segments = np.zeros(rois[0][2].shape, np.uint8)
     attributes = []
     for number, (name, structure, mask) in enumerate(rois, start=1):
-        segments[mask & (segments == 0)] = number
-        code, meaning = CODING[structure][2]
+        segments[mask & ((segments == 0) | later_wins)] = number
+        code, meaning = CODING[structure].property_type
         attributes.append(
             {
                 "labelID": number,
@@ -236,7 +255,8 @@ def seg_dataset(rois: Rois, slices: list[Dataset], affine_lps: np.ndarray, uid: 
                 "SegmentDescription": name,
                 "SegmentAlgorithmType": "AUTOMATIC",
                 "SegmentAlgorithmName": algorithm,
-                "SegmentedPropertyCategoryCodeSequence": CODING[structure][1],
+                "recommendedDisplayRGBValue": list(CODING[structure].color),
+                "SegmentedPropertyCategoryCodeSequence": CODING[structure].category,
                 "SegmentedPropertyTypeCodeSequence": {
                     "CodeValue": code,
                     "CodingSchemeDesignator": "SCT",

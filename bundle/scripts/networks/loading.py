@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from monai.networks.nets import AutoencoderKL, ControlNet, DiffusionModelUNet
+from monai.networks.nets import AutoencoderKL, ControlNet, DiffusionModelUNet, SegResNet
 
 from scripts.networks.checkpoint import load_checkpoint
 
@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 #: Names of the weight files a model folder holds.
 AUTOENCODER_FILE, DIFFUSION_FILE, CONTROLNET_FILE = "autoencoder.pt", "diffusion.pt", "controlnet.pt"
+SEGMENTATION_FILE = "segmentation.pt"
 
 #: The weight files tumor-conditioned sampling needs.
 TUMOR_MODEL_FILES = (AUTOENCODER_FILE, DIFFUSION_FILE, CONTROLNET_FILE)
@@ -93,6 +94,15 @@ def load_controlnet(path: str | Path, device: torch.device | str = "cpu") -> Loa
     record = checkpoint["controlnet_record"]
     network = ControlNet(**{**record["network"], **INFERENCE_OPTIONS})
     network.load_state_dict(checkpoint["controlnet"])
+    return LoadedNetwork(_frozen(network, device), record)
+
+
+def load_segmentation(path: str | Path, device: torch.device | str = "cpu") -> LoadedNetwork:
+    """The structure segmenter stored at `path` (a SegResNet), frozen, and its record (training crop, working grid)."""
+    checkpoint = load_checkpoint(path, ("segmentation", "segmentation_record"))
+    record = checkpoint["segmentation_record"]
+    network = SegResNet(**record["network"])
+    network.load_state_dict(checkpoint["segmentation"])
     return LoadedNetwork(_frozen(network, device), record)
 
 

@@ -1,4 +1,5 @@
-"""Writing synthetic CTs: one NIfTI (HU) per seed with a preview, the tumor mask and adherence when conditioned, DICOM on request."""
+"""Writing synthetic CTs: one NIfTI (HU) per seed with a preview, its structures, the tumor mask and adherence when
+conditioned, DICOM on request."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from scripts.data.volumes import centred_affine, check_writable, write_nifti
 from scripts.dicom.export import export_dicom
 from scripts.evaluation.adherence import tumor_adherence
 from scripts.sampling.sampler import LatentDiffusionSampler
+from scripts.sampling.structures import Segmenter
 from scripts.sampling.tumor_request import TumorMask
 from scripts.transforms.conditioning import tumor_condition
 
@@ -35,13 +37,16 @@ def write_samples(
     overwrite: bool = False,
     tumor: TumorMask | None = None,
     dicom: bool = False,
+    segmenter: Segmenter | None = None,
 ) -> list[Path]:
     """Generate one CT per seed into `output_dir`.
 
     Each sample is `sample_seed<N>_ct.nii.gz` (HU, int16) with a PNG preview. With a `tumor` mask
     (on the working grid, placed by its affine), sampling is conditioned on it and each sample also
     gets `_mask.nii.gz` and `_adherence.json`; the preview cuts through the tumor and outlines it.
-    With `dicom`, each sample is also exported to `sample_seed<N>_dicom/` (CT series, RTSTRUCT, SEG).
+    With a `segmenter`, each sample gets `_label.nii.gz`: its structures (scripts/data/labels.py ids),
+    GTV-1 being the requested mask. With `dicom`, each sample is also exported to `sample_seed<N>_dicom/`
+    (CT series, RTSTRUCT and SEG with every structure).
     """
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -51,6 +56,7 @@ def write_samples(
     suffixes = (
         ["_ct.nii.gz"]
         + (["_mask.nii.gz", "_adherence.json"] if mask is not None else [])
+        + (["_label.nii.gz"] if segmenter is not None else [])
         + (["_dicom"] if dicom else [])
     )
     check_writable([out / f"{n}{x}" for n in names.values() for x in suffixes], overwrite)
@@ -72,8 +78,16 @@ def write_samples(
                     logger.warning(
                         "%s: the tumor lies mostly outside the sample's lungs (%.0f%% inside)", names[s], inside
                     )
+            label_path = None
+            if segmenter is not None:
+                label_path = write_nifti(segmenter(hu, mask), placed, out / f"{names[s]}_label.nii.gz")
             if dicom:
-                mask_file = str(mask_path) if mask_path else None
-                export_dicom(str(written[-1]), str(out / f"{names[s]}_dicom"), mask=mask_file, name=names[s])
+                files = {"mask": mask_path, "label": label_path}
+                export_dicom(
+                    str(written[-1]),
+                    str(out / f"{names[s]}_dicom"),
+                    name=names[s],
+                    **{k: str(v) for k, v in files.items() if v is not None},
+                )
     logger.info("wrote %d synthetic CTs to %s", len(written), out.resolve())
     return written

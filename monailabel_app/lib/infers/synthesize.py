@@ -11,7 +11,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from lib.app_conf import AppConf
 from lib.bundle_generator import BundleGenerator, load_generator
-from lib.result import result
+from lib.result import result, structures_payload
 from lib.sampling_request import SamplingLimits, SamplingParams, sampling_limits
 from scripts.data.volumes import centred_affine
 
@@ -34,7 +34,7 @@ class Synthesize(InferTask):
         description: str = "A synthetic chest CT (HU), unconditional",
     ) -> None:
         super().__init__(InferType.OTHERS, labels=None, dimension=3, description=description, config=limits.as_config())
-        self.generator, self.limits = bundle.generator, limits
+        self.generator, self.limits, self.segmenter = bundle.generator, limits, bundle.segmenter
 
     @classmethod
     def from_bundle(cls, conf: AppConf) -> Synthesize:
@@ -66,8 +66,13 @@ class Synthesize(InferTask):
         hu = sampler.sample([params.seed], condition)[0]
         return hu, len(sampler.scheduler.timesteps), time.perf_counter() - started
 
+    def structures(self, hu: np.ndarray, affine: np.ndarray, tumor: np.ndarray | None = None) -> dict[str, Any]:
+        """The JSON entry of the CT's structures (GTV-1 being `tumor` where given); none without a segmenter."""
+        return {} if self.segmenter is None else {"structures": structures_payload(self.segmenter(hu, tumor), affine)}
+
     def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        """MONAI Label's entry point: (CT file, JSON) for a request whose files the app has checked."""
+        """MONAI Label's entry point: (CT file, JSON with the structures) for a request whose files the app has checked."""
         params = self.limits.parse(request)
         hu, steps, seconds = self.generate(params)
-        return result(hu, centred_affine(hu.shape, self.generator.spacing), params, steps, seconds, task="synthesize")
+        affine = centred_affine(hu.shape, self.generator.spacing)
+        return result(hu, affine, params, steps, seconds, task="synthesize", **self.structures(hu, affine))

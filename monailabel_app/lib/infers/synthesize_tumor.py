@@ -66,4 +66,5 @@ class SynthesizeTumor(TumorTask):
             tumor_source=tumor.source,
             tumor_mask=mask_payload(tumor.mask, tumor.frame.affine),
             adherence=tumor_adherence(hu, tumor.mask, self.generator.spacing),
+            **self.structures(hu, tumor.frame.affine, tumor.mask),
         )
