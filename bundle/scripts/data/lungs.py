@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from scripts.data.labels import LABELS
+
 #: Share of the lung voxels each of the two largest connected components needs to count as a lung of its own.
 MIN_LUNG_FRACTION = 0.1
 
@@ -45,3 +47,17 @@ def split_lungs(
         on_left = x > midline
     left[voxels], right[voxels] = on_left, ~on_left
     return left, right
+
+
+def midline_x_mm(label: np.ndarray, affine_ras: np.ndarray) -> float | None:
+    """World x (RAS mm) of the spinal cord's centre of mass in a label map, else of the body's: the patient's midline."""
+    for centre in (label == LABELS["spinal_cord"], label > 0):
+        if centre.any():
+            return float(affine_ras[0, :3] @ np.mean(np.nonzero(centre), axis=1) + affine_ras[0, 3])
+    return None
+
+
+def split_label_lungs(label: np.ndarray, affine_ras: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The left and right lung of a label map, cut at its midline where the lungs are one piece, so that a single lung
+    stays on its own side."""
+    return split_lungs(label == LABELS["lungs"], affine_ras, midline_x_mm(label, affine_ras))

@@ -24,7 +24,7 @@ from pydicom.uid import generate_uid
 
 from scripts.bundle_config import BUNDLE_DIR
 from scripts.data.labels import LABELS, TG263_NAMES
-from scripts.data.lungs import split_lungs
+from scripts.data.lungs import split_label_lungs
 from scripts.data.masks import read_binary_mask
 from scripts.data.staging import staged_folder
 from scripts.dicom.writer import Rois, Uid, ct_slices, rtstruct_dataset, seg_dataset, study_attributes, to_lps
@@ -104,22 +104,13 @@ def _read_label(path: str, image: nib.Nifti1Image) -> np.ndarray:
     return ids.astype(np.uint8)
 
 
-def _midline_x(ids: np.ndarray, affine_ras: np.ndarray) -> float | None:
-    """World x (RAS mm) of the spinal cord's centre of mass, else of the body's: where the lungs meet if fused."""
-    for centre in (ids == LABELS["spinal_cord"], ids > 0):
-        if centre.any():
-            return float(affine_ras[0, :3] @ np.mean(np.nonzero(centre), axis=1) + affine_ras[0, 3])
-    return None
-
-
 def _label_rois(ids: np.ndarray, affine_ras: np.ndarray, gtv: np.ndarray | None) -> Rois:
     """(TG-263 name, structure, mask) per structure in `ids`, in LABEL_STRUCTURES order; a tumor mask `gtv` is GTV-1."""
     masks = {structure: ids == LABELS[structure] for structure in _AS_LABELLED}
     if gtv is not None:
         masks["gtv_1"] = gtv
     masks["body"] = (ids > 0) | masks["gtv_1"]  # External: the whole patient, the organs and tumors within
-    lungs = ids == LABELS["lungs"]
-    masks["lung_left"], masks["lung_right"] = split_lungs(lungs, affine_ras, _midline_x(ids, affine_ras))
+    masks["lung_left"], masks["lung_right"] = split_label_lungs(ids, affine_ras)
     return [(ROI_NAMES[s], s, masks[s]) for s in LABEL_STRUCTURES if masks[s].any()]
 
 

@@ -11,7 +11,7 @@ import numpy as np
 from scipy import ndimage
 
 from scripts.data.labels import LABELS
-from scripts.data.lungs import split_lungs
+from scripts.data.lungs import split_label_lungs
 
 
 def centroid_mm(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -22,7 +22,7 @@ def centroid_mm(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
 def structure_problems(label: np.ndarray, affine: np.ndarray, tumor: bool = False) -> list[str]:
     """What makes the label map implausible, as sentences; empty when it passes every check."""
     masks = {name: label == LABELS[name] for name in ("lungs", "heart", "spinal_cord", "gtv_1")}
-    left, right = split_lungs(masks["lungs"], affine)
+    left, right = split_label_lungs(label, affine)
     problems = [f"no {side} lung" for side, lung in (("left", left), ("right", right)) if not lung.any()]
     problems += [f"no {name.replace('_', ' ')}" for name in ("heart", "spinal_cord") if not masks[name].any()]
     if problems:

@@ -23,8 +23,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from scripts.bundle_config import load_bundle_config
-from scripts.data.labels import LABELS
-from scripts.data.lungs import split_lungs
+from scripts.data.lungs import split_label_lungs
 from scripts.data.preview import save_preview
 from scripts.data.staging import remove_leftovers, staged_folder
 from scripts.data.volumes import centred_affine, write_nifti
@@ -92,7 +91,7 @@ def tumor_centre(label: np.ndarray, affine: np.ndarray, side: str, diameter_mm: 
     """A seeded point of the `side` lung of a label map as deep inside it as the tumor's radius (or 80% of the
     lung's deepest point, for a tumor wider than the lung), in the world mm the tumor request takes; None without
     that lung."""
-    left, right = split_lungs(label == LABELS["lungs"], affine)
+    left, right = split_label_lungs(label, affine)
     lung = left if side == "left" else right
     if not lung.any():
         return None
@@ -119,7 +118,7 @@ def draw_patient(models: CohortModels, plan: PatientPlan, seed: int) -> Draw:
     return Draw(hu, label, tumor, verdict["reasons"] + structure_problems(label, affine, tumor is not None))
 
 
-def write_patient(folder: Path, draw: Draw, plan: PatientPlan, record: dict, spec: CohortSpec, spacing) -> list[str]:
+def write_patient(folder: Path, draw: Draw, plan: PatientPlan, record: dict, spec: CohortSpec, spacing) -> None:
     """Write a patient's folder whole: ct.nii.gz, label.nii.gz, a preview and, when asked, dicom/; then patient.json."""
     affine = centred_affine(draw.hu.shape, spacing)
     with staged_folder(folder) as staging:
@@ -130,7 +129,6 @@ def write_patient(folder: Path, draw: Draw, plan: PatientPlan, record: dict, spe
             export_dicom(str(ct), str(staging / "dicom"), label=str(label), name=plan.patient_id)
         files = sorted(str(p.relative_to(staging)) for p in staging.iterdir())
         write_patient_record(staging, {**record, "files": [f"{plan.patient_id}/{f}" for f in files]})
-    return files
 
 
 def generate_patient(models: CohortModels, plan: PatientPlan, spec: CohortSpec, out: Path) -> dict:
