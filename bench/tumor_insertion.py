@@ -30,7 +30,8 @@ from scripts.evaluation.report import markdown_table  # noqa: E402
 from scripts.networks.loading import load_autoencoder, load_controlnet, load_diffusion  # noqa: E402
 from scripts.phantoms.thorax import write_phantoms  # noqa: E402
 from scripts.sampling.blending import blend_weights, voxel_spacing  # noqa: E402
-from scripts.sampling.insertion import insert_into, native_mask, read_patient_ct  # noqa: E402
+from scripts.sampling.insertion import insert_into, native_mask  # noqa: E402
+from scripts.sampling.patient_ct import read_patient_ct  # noqa: E402
 from scripts.sampling.sampler import LatentDiffusionSampler  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

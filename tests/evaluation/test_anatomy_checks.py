@@ -5,9 +5,9 @@ import pytest
 
 from scripts.data.labels import LABELS
 from scripts.evaluation.anatomy_checks import structure_problems
-from scripts.evaluation.segmentation import structure_dice
+from scripts.evaluation.segmentation import SCORED_STRUCTURES, evaluate_segmentation, structure_dice, working_cases
 from scripts.phantoms.anatomy import draw_anatomy
-from scripts.phantoms.thorax import render_phantom
+from scripts.phantoms.thorax import render_phantom, write_phantoms
 
 
 @pytest.fixture(scope="module")
@@ -41,3 +41,14 @@ def test_structure_dice_scores_each_structure(phantom):
     assert all(d == 1.0 for d in structure_dice(label, label).values())
     shifted = structure_dice(np.roll(label, 3, axis=0), label)
     assert 0.0 < shifted["lungs"] < 0.95 and shifted["body"] > shifted["spinal_cord"]
+
+
+def test_segmentation_scores_on_a_datalist_with_an_empty_split(tmp_path):
+    write_phantoms(str(tmp_path), n=2, size=32, seed=0)  # two cases: training and validation, no test split
+    cases = list(working_cases(tmp_path / "datalist.json", 16))
+    assert [(c[1].shape, c[2].shape) for c in cases] == [((16, 16, 16), (16, 16, 16))] * 2
+    references = {c[1].tobytes(): c[2] for c in cases}
+    perfect = evaluate_segmentation(lambda hu: references[hu.tobytes()], cases)
+    assert perfect["min"] == dict.fromkeys(SCORED_STRUCTURES, 1.0)
+    empty = evaluate_segmentation(lambda hu: np.zeros(hu.shape, np.uint8), cases)
+    assert empty["mean"]["lungs"] == 0.0 and empty["mean"]["body"] == 0.0

@@ -31,6 +31,8 @@ pytestmark = pytest.mark.skipif(
 STEPS, MARGIN_MM, DIAMETER_MM, SEED = 10, 10.0, 30.0, 3
 #: Soft tissue is above -300 HU (aerated lung is below); at least this share of the tumor must become it.
 TISSUE_HU, TISSUE_SHARE = -300, 0.6
+#: Least Dice of the demo segmenter's structures, on the user's grid, against the phantom's own labels.
+LUNGS_DICE, HEART_DICE = 0.9, 0.8
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,18 @@ def test_the_answer_is_the_users_ct_on_its_grid_with_the_clicked_tumor(inserted,
     assert info["shape"] == list(held_out.hu.shape) and info["num_inference_steps"] == STEPS
     assert info["blend_margin_mm"] == MARGIN_MM and info["insertion"]["mask_voxels"] == int(expected.sum())
     assert "request" not in info["insertion"], "the server's file paths stay on the server"
+
+
+def test_the_structures_lie_on_the_users_grid_with_the_tumor_as_gtv_1(inserted, held_out):
+    structures = nib.load(inserted.structures_path)
+    ids, tumor = voxels(inserted.structures_path), voxels(inserted.mask_path) > 0
+    assert structures.shape == held_out.hu.shape and np.array_equal(structures.affine, held_out.affine)
+    assert np.array_equal(ids == LABELS["gtv_1"], tumor), "GTV-1 is the inserted tumor exactly"
+    assert inserted.info["structures_labels"]["Lungs"] == LABELS["lungs"]
+    for structure, least in (("lungs", LUNGS_DICE), ("heart", HEART_DICE)):
+        found, truth = ids == LABELS[structure], (held_out.label == LABELS[structure]) & ~tumor
+        dice = 2 * (found & truth).sum() / (found.sum() + truth.sum())
+        assert dice >= least, f"{structure}: Dice {dice:.3f} against the phantom's own labels"
 
 
 def test_only_the_tumor_and_its_margin_changed_and_the_tumor_is_tissue(inserted, held_out):

@@ -24,7 +24,7 @@ from scripts.phantoms.thorax import write_phantoms
 from scripts.sampling.blending import voxel_spacing
 from scripts.sampling.inpainting import inpaint, path_coefficients
 from scripts.sampling.insertion import insert_tumor as bundle_insert_tumor
-from scripts.sampling.insertion import read_patient_ct
+from scripts.sampling.patient_ct import read_patient_ct
 from scripts.sampling.sampler import LatentDiffusionSampler
 
 DEMO = Path(__file__).resolve().parents[2] / "bundle" / "models" / "demo"
@@ -157,8 +157,12 @@ def test_the_bundle_command_inserts_into_a_dicom_series_and_keeps_its_patient_an
     name = series.name
     out = nib.load(tmp_path / "out" / f"{name}_ct.nii.gz")
     assert out.shape == hu.shape and np.allclose(out.affine, grid.affine_ras)
-    far = far_from(np.asanyarray(nib.load(tmp_path / "out" / f"{name}_gtv.nii.gz").dataobj) > 0, out.affine, 10.0)
+    gtv = np.asanyarray(nib.load(tmp_path / "out" / f"{name}_gtv.nii.gz").dataobj) > 0
+    far = far_from(gtv, out.affine, 10.0)
     assert np.array_equal(np.asanyarray(out.dataobj)[far], hu[far])
+    label = nib.load(tmp_path / "out" / f"{name}_label.nii.gz")
+    assert label.shape == hu.shape and np.allclose(label.affine, grid.affine_ras)
+    assert np.array_equal(np.asanyarray(label.dataobj) == LABELS["gtv_1"], gtv), "GTV-1 is the inserted tumor exactly"
     slices = [pydicom.dcmread(p) for p in sorted((tmp_path / "out" / f"{name}_dicom" / "CT").glob("*.dcm"))]
     assert len(slices) == hu.shape[2]
     kept = {"PatientID", "PatientName", "StudyInstanceUID", "FrameOfReferenceUID", "PatientPosition"}
@@ -167,7 +171,8 @@ def test_the_bundle_command_inserts_into_a_dicom_series_and_keeps_its_patient_an
     originals = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in series.glob("*.dcm")}
     assert not originals & {s.SOPInstanceUID for s in slices}, "new SOP instances"
     rtstruct = pydicom.dcmread(next((tmp_path / "out" / f"{name}_dicom" / "RTSTRUCT").glob("*.dcm")))
-    assert [r.ROIName for r in rtstruct.StructureSetROISequence] == ["GTV-1"]
+    names = {r.ROIName for r in rtstruct.StructureSetROISequence}
+    assert {"External", "Lung_L", "Lung_R", "Heart", "SpinalCord", "GTV-1"} <= names, names
     frame = rtstruct.ReferencedFrameOfReferenceSequence[0]
     assert frame.FrameOfReferenceUID == header.FrameOfReferenceUID
     referenced = frame.RTReferencedStudySequence[0].RTReferencedSeriesSequence[0].SeriesInstanceUID

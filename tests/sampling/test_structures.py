@@ -66,3 +66,26 @@ def test_inference_writes_a_label_map_beside_each_ct(trained, tmp_path):
     assert np.array_equal(ids == LABELS["gtv_1"], mask), "GTV-1 is the request's mask"
     without = run_bundle(["inference.json"], {**overrides, "output_dir": str(tmp_path / "plain"), "structures": False})
     assert without.returncode == 0 and not (tmp_path / "plain" / "sample_seed3_label.nii.gz").exists()
+
+
+def test_structures_carry_onto_a_patients_own_grid(segmenter):
+    """A patient's CT on a finer grid, mirrored in x and reaching past the working box in z (a tumor inserted into it)."""
+    working_hu = np.random.default_rng(1).integers(-1000, 1000, (32, 32, 32)).astype(np.int16)
+    working_affine = np.diag([4.0, 4.0, 5.0, 1.0])
+    native_to_working = np.array([[-0.5, 0, 0, 31.2], [0, 0.5, 0, 0.2], [0, 0, 1.0, -2.8], [0, 0, 0, 1.0]])
+    shape = (63, 63, 36)
+    tumor = np.zeros(shape, bool)
+    tumor[20:30, 25:33, 10:14] = True
+    native = segmenter.on_native_grid(working_hu, working_affine, working_affine @ native_to_working, tumor)
+
+    working = native_to_working[:3, :3] @ np.indices(shape).reshape(3, -1) + native_to_working[:3, 3:]
+    nearest = np.rint(working).astype(int)
+    inside = np.all((nearest >= 0) & (nearest <= 31), axis=0)
+    expected = np.zeros(nearest.shape[1], np.uint8)
+    expected[inside] = segmenter.labels(working_hu, requested=True)[tuple(nearest[:, inside])]
+    expected = expected.reshape(shape)
+    expected[tumor] = LABELS["gtv_1"]
+    assert native.shape == shape and native.dtype == np.uint8
+    assert np.array_equal(native, expected)
+    assert not native[:, :, :3].any() and not native[:, :, 35].any(), "background beyond the model's box"
+    assert np.array_equal(native == LABELS["gtv_1"], tumor), "GTV-1 is the requested tumor exactly"

@@ -6,6 +6,7 @@ voxel), lungs, heart, esophagus, spinal cord and the primary GTV, each scored on
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -36,7 +37,8 @@ def working_cases(
 ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """(name, HU, label map) of each case of the datalist's `splits` on the working grid `grid` (stored preprocessing)."""
     chain = load_bundle_config(["common.json"], {"grid_size": grid}).get_parsed_content("stored_preprocessing")
-    for split in splits:
+    listed = json.loads(Path(datalist).read_text())
+    for split in (s for s in splits if listed.get(s)):  # a datalist of a few cases may leave a split empty
         for item in load_decathlon_datalist(str(datalist), True, split):
             data = chain(item)
             yield Path(item["image"]).parent.name, np.asarray(data["image"][0]), np.asarray(data["label"][0])

@@ -13,83 +13,43 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydicom.dataset import Dataset
 from scipy import ndimage
 
 from scripts.data.masks import read_binary_mask, resample_mask
 from scripts.data.preview import save_preview
 from scripts.data.shapes import irregular_blob
-from scripts.data.volumes import check_writable, to_hu, write_nifti
-from scripts.dicom.ct_folder import read_ct_folder
+from scripts.data.volumes import check_writable, write_nifti
 from scripts.dicom.export import export_dicom
 from scripts.dicom.grid import reorient
 from scripts.sampling.blending import blend, boundary_step, voxel_spacing
 from scripts.sampling.inpainting import inpaint
+from scripts.sampling.patient_ct import (
+    LUNG_HU,
+    PatientCT,
+    WorkingCase,
+    check_in_body,
+    on_working_grid,
+    working_case,
+    working_mask,
+)
 from scripts.sampling.sampler import LatentDiffusionSampler, autocast
+from scripts.sampling.structures import Segmenter
 from scripts.sampling.tumor_request import MAX_DIAMETER_MM, MIN_DIAMETER_MM
-from scripts.transforms.alignment import lungs_from_hu
-from scripts.transforms.body_mask import body_mask
 from scripts.transforms.conditioning import tumor_condition
-from scripts.transforms.preprocess import preprocessing_chain
 
 logger = logging.getLogger(__name__)
 
-TISSUE_HU, LUNG_HU = -300.0, -400.0
+TISSUE_HU = -300.0
 MAX_MARGIN_MM = 50.0
-
-
-class InsertionRefused(ValueError):
-    """A tumor or image the insertion cannot use: `parameter` names the request parameter to change, `reason` says why."""
-
-    def __init__(self, parameter: str, reason: str) -> None:
-        super().__init__(f"{parameter}: {reason}")
-        self.parameter, self.reason = parameter, reason
-
-
-@dataclass(frozen=True)
-class PatientCT:
-    """A patient's CT on its native grid: HU (int16) in its own voxel order, the affine (voxel to RAS mm), its name, the
-    file or folder it came from, and for DICOM input a slice header (patient, study, frame of reference) that the DICOM
-    output keeps."""
-
-    hu: np.ndarray
-    affine: np.ndarray
-    name: str
-    source: str
-    header: Dataset | None = None
-
-
-def read_patient_ct(image: str | Path) -> PatientCT:
-    """The CT at `image`: a NIfTI file in HU, or a folder holding one DICOM CT series (read as ingestion reads it)."""
-    path = Path(image)
-    if path.is_dir():
-        hu, grid, header = read_ct_folder(path)
-        return PatientCT(hu, grid.affine_ras, path.name, str(path), header)
-    if not path.is_file():
-        raise FileNotFoundError(f"image: no file or DICOM folder at {path}")
-    try:
-        nifti = nib.load(path)
-        hu = np.asanyarray(nifti.dataobj)
-    except Exception as error:  # any reader failure means the file is not a NIfTI volume
-        raise ValueError(f"image {path} is not a readable NIfTI volume ({type(error).__name__})") from error
-    if hu.ndim != 3:
-        raise ValueError(f"image {path} must be a 3D CT volume, it has shape {list(hu.shape)}")
-    name = path.name.removesuffix(".nii.gz").removesuffix(".nii").removesuffix("_ct")
-    if name == "ct":  # a case folder's ct.nii.gz (ingest, phantoms) takes the case's name
-        name = path.parent.name
-    hu = np.clip(np.round(hu), -32768, 32767).astype(np.int16)
-    return PatientCT(hu, np.asarray(nifti.affine, float), name, str(path))
 
 
 def blob_on_grid(
@@ -135,59 +95,6 @@ def native_mask(
     if not tumor.any():
         raise ValueError(f"tumor_diameter_mm {tumor_diameter_mm} covers no voxel of the image: give a larger one")
     return tumor
-
-
-@dataclass(frozen=True)
-class WorkingCase:
-    """The CT on the model's working grid (network intensities), its HU, affine, lungs and body."""
-
-    image: torch.Tensor
-    hu: np.ndarray
-    affine: np.ndarray
-    lungs: np.ndarray
-    body: np.ndarray
-
-
-def working_case(ct: PatientCT, record: dict) -> WorkingCase:
-    """The CT through the preprocessing chain on the model's grid; a CT in which no lungs are found is refused."""
-    chain, hu_window = preprocessing_chain(record["image_size"])
-    with tempfile.TemporaryDirectory() as folder:  # the chain reads files: the HU as read, from any source
-        data = chain({"image": str(write_nifti(ct.hu, ct.affine, Path(folder) / "ct.nii"))})["image"]
-    affine = np.asarray(data.affine, float)
-    hu = to_hu(data[0], hu_window)
-    spacing = voxel_spacing(affine)
-    lungs = lungs_from_hu(hu, spacing)
-    if not lungs.any():
-        raise InsertionRefused("image", f"no lungs found in {ct.name} (no air enclosed by tissue below {LUNG_HU:g} HU)")
-    return WorkingCase(torch.as_tensor(np.asarray(data)), hu, affine, lungs, body_mask(hu, spacing))
-
-
-def working_mask(mask: np.ndarray, ct: PatientCT, case: WorkingCase, parameter: str) -> np.ndarray:
-    """The native-grid tumor on the working grid (linear resampling, half a voxel or more), refused outside the model's box.
-
-    A tumor smaller than a working voxel keeps the voxel nearest its centre, so small tumors still condition the model.
-    """
-    to_native = np.linalg.solve(ct.affine, case.affine)
-    share = ndimage.affine_transform(
-        mask.astype(np.float32), to_native[:3, :3], to_native[:3, 3], case.hu.shape, order=1
-    )
-    native_voxels = np.argwhere(mask)
-    in_working = np.linalg.solve(case.affine, ct.affine)[:3] @ np.c_[native_voxels, np.ones(len(native_voxels))].T
-    if np.any(in_working < -0.5) or np.any(in_working > np.asarray(case.hu.shape)[:, None] - 0.5):
-        raise InsertionRefused(parameter, "the tumor leaves the model's field of view around the lungs")
-    if share.max() >= 0.5:
-        return share >= 0.5
-    nearest = np.zeros(case.hu.shape, bool)
-    nearest[tuple(np.clip(np.round(in_working.mean(1)).astype(int), 0, np.asarray(case.hu.shape) - 1))] = True
-    return nearest
-
-
-def check_in_body(tumor: np.ndarray, case: WorkingCase, parameter: str) -> float:
-    """The share of the tumor inside the body; a tumor mostly outside it is refused naming `parameter`."""
-    inside = float(case.body[tumor].mean())
-    if inside < 0.5:
-        raise InsertionRefused(parameter, f"the tumor lies outside the body ({100 * inside:.0f}% of it inside)")
-    return inside
 
 
 def latent_region(tumor: np.ndarray, case: WorkingCase, latent_shape: Sequence[int], margin_mm: float) -> torch.Tensor:
@@ -269,6 +176,15 @@ def insert_into(
     return Insertion(out, report)
 
 
+def insertion_structures(
+    segmenter: Segmenter, ct: PatientCT, out: np.ndarray, tumor: np.ndarray, record: dict
+) -> np.ndarray:
+    """The structures of the CT with the tumor (`out`), labelled on the model's grid and carried onto the CT's own;
+    GTV-1 is the native-grid `tumor` exactly."""
+    _, hu, affine = on_working_grid(out, ct.affine, record)
+    return segmenter.on_native_grid(hu, affine, ct.affine, tumor)
+
+
 def insert_tumor(
     sampler: LatentDiffusionSampler,
     ct: PatientCT,
@@ -281,11 +197,14 @@ def insert_tumor(
     resample_steps: int = 1,
     overwrite: bool = False,
     dicom: bool = False,
+    segmenter: Segmenter | None = None,
 ) -> dict:
     """Insert a tumor into the patient's `ct` (from `read_patient_ct`) and write `<name>_ct.nii.gz`, `_gtv.nii.gz`,
-    `_preview.png`, `_report.json` (and with `dicom`, `<name>_dicom/`) on its grid into `output_dir`; returns the report."""
+    `_preview.png`, `_report.json`, with a `segmenter` `_label.nii.gz` (its structures, see `insertion_structures`),
+    and with `dicom` `<name>_dicom/`, on its grid into `output_dir`; returns the report."""
     out_dir = Path(output_dir)
-    suffixes = ["_ct.nii.gz", "_gtv.nii.gz", "_preview.png", "_report.json"] + (["_dicom"] if dicom else [])
+    suffixes = ["_ct.nii.gz", "_gtv.nii.gz", "_preview.png", "_report.json"]
+    suffixes += (["_label.nii.gz"] if segmenter is not None else []) + (["_dicom"] if dicom else [])
     check_writable([out_dir / f"{ct.name}{x}" for x in suffixes], overwrite)
     tumor = native_mask(ct, mask, tumor_center_mm, tumor_diameter_mm, seed)
     parameter = "mask" if mask is not None else "tumor_center_mm"
@@ -297,16 +216,26 @@ def insert_tumor(
             "mask": None if mask is None else str(mask),
         }
     )
-    write_insertion(ct, inserted.hu, tumor, inserted.report, out_dir, dicom, overwrite)
+    label = None if segmenter is None else insertion_structures(segmenter, ct, inserted.hu, tumor, sampler.record)
+    write_insertion(ct, inserted.hu, tumor, inserted.report, out_dir, dicom, overwrite, label)
     return inserted.report
 
 
 def write_insertion(
-    ct: PatientCT, out: np.ndarray, tumor: np.ndarray, report: dict, out_dir: Path, dicom: bool, overwrite: bool
+    ct: PatientCT,
+    out: np.ndarray,
+    tumor: np.ndarray,
+    report: dict,
+    out_dir: Path,
+    dicom: bool,
+    overwrite: bool,
+    label: np.ndarray | None = None,
 ) -> None:
-    """The modified CT, its GTV, a before/after preview through the tumor and the report, on the CT's grid."""
+    """The modified CT, its GTV, its structures' `label` map if given, a before/after preview through the tumor and the
+    report, on the CT's grid."""
     ct_path = write_nifti(out, ct.affine, out_dir / f"{ct.name}_ct.nii.gz")
     gtv_path = write_nifti(tumor.astype(np.uint8), ct.affine, out_dir / f"{ct.name}_gtv.nii.gz")
+    label_path = None if label is None else write_nifti(label, ct.affine, out_dir / f"{ct.name}_label.nii.gz")
     after, ras = reorient(out, ct.affine, "RAS")
     before, _ = reorient(ct.hu, ct.affine, "RAS")
     ras_tumor, _ = reorient(tumor, ct.affine, "RAS")
@@ -314,5 +243,8 @@ def write_insertion(
     (out_dir / f"{ct.name}_report.json").write_text(json.dumps(report, indent=2) + "\n")
     if dicom:
         folder = str(out_dir / f"{ct.name}_dicom")
-        export_dicom(str(ct_path), folder, mask=str(gtv_path), name=ct.name, overwrite=overwrite, source=ct.header)
+        structures = {} if label_path is None else {"label": str(label_path)}
+        export_dicom(
+            str(ct_path), folder, mask=str(gtv_path), name=ct.name, overwrite=overwrite, source=ct.header, **structures
+        )
     logger.info("inserted a %.1f ml tumor into %s: %s", report["mask_volume_ml"], ct.name, out_dir.resolve())

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.inferers import SlidingWindowInferer
+from scipy import ndimage
 
 from scripts.data.labels import LABELS, NUM_LABELS
 from scripts.networks.loading import load_segmentation
@@ -50,17 +51,35 @@ class Segmenter:
             scores = F.interpolate(scores, size=tuple(hu.shape), mode="trilinear", align_corners=False)
         return scores[0]
 
+    def labels(self, hu: np.ndarray, requested: bool = False) -> np.ndarray:
+        """The label map of `hu`, without GTV-1 where a tumor is `requested` (its mask is painted in afterwards)."""
+        scores = self.scores(hu)
+        if requested:
+            scores[REQUESTED_TUMOR_ID] = -torch.inf
+        return scores.argmax(0).to(torch.uint8).cpu().numpy()
+
     def __call__(self, hu: np.ndarray, tumor: np.ndarray | None = None) -> np.ndarray:
         """The label map of `hu`; with a requested `tumor` mask, GTV-1 is that mask and nothing else."""
-        scores = self.scores(hu)
-        if tumor is not None:
-            if tuple(tumor.shape) != tuple(hu.shape):
-                raise ValueError(f"tumor mask of shape {tuple(tumor.shape)} is not on the CT's grid {tuple(hu.shape)}")
-            scores[REQUESTED_TUMOR_ID] = -torch.inf
-        label = scores.argmax(0).to(torch.uint8).cpu().numpy()
+        if tumor is not None and tuple(tumor.shape) != tuple(hu.shape):
+            raise ValueError(f"tumor mask of shape {tuple(tumor.shape)} is not on the CT's grid {tuple(hu.shape)}")
+        label = self.labels(hu, requested=tumor is not None)
         if tumor is not None:
             label[np.asarray(tumor, bool)] = REQUESTED_TUMOR_ID
         return label
+
+    def on_native_grid(
+        self, working_hu: np.ndarray, working_affine: np.ndarray, affine: np.ndarray, tumor: np.ndarray
+    ) -> np.ndarray:
+        """The label map of a patient's CT on its native grid (`affine`, the shape of `tumor`), labelled on the working
+        grid and carried over by nearest voxel; GTV-1 is the native-grid `tumor` exactly. Voxels outside the working
+        box (the model's field of view) are background."""
+        label = self.labels(working_hu, requested=True)
+        to_working = np.linalg.solve(working_affine, affine)
+        native = ndimage.affine_transform(
+            label, to_working[:3, :3], to_working[:3, 3], tumor.shape, order=0, mode="grid-constant"
+        )
+        native[np.asarray(tumor, bool)] = REQUESTED_TUMOR_ID
+        return native
 
 
 def structure_segmenter(path: str | Path, enabled: bool = True, device: torch.device | str = "cpu") -> Segmenter | None:

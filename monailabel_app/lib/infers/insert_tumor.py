@@ -7,11 +7,12 @@ from typing import Any
 from lib.bundle_generator import BundleGenerator
 from lib.infers.synthesize_tumor import TumorTask
 from lib.request_params import RequestError, number
-from lib.result import mask_payload, result
+from lib.result import mask_payload, result, structures_payload
 from lib.sampling_request import SamplingLimits
 from lib.tumor_request import native_tumor, tumor_input
 from lib.working_frame import max_voxels
-from scripts.sampling.insertion import MAX_MARGIN_MM, InsertionRefused, insert_into, read_patient_ct
+from scripts.sampling.insertion import MAX_MARGIN_MM, insert_into, insertion_structures
+from scripts.sampling.patient_ct import InsertionRefused, read_patient_ct
 
 #: insert_into's report, less what the JSON says elsewhere (`sampling_seconds`) or must not say (the server's path).
 UNREPORTED = ("request", "seconds")
@@ -22,7 +23,8 @@ class InsertTumor(TumorTask):
     an uploaded `label` on that image.
 
     The result is the user's CT with its own shape and affine, unchanged farther than `blend_margin_mm` from the tumor;
-    the tumor mask travels in the JSON (see lib/result.py) with the insertion's figures.
+    the tumor mask, and with a segmenter the structures on the same grid, travel in the JSON (see lib/result.py) with
+    the insertion's figures.
     """
 
     config_file = "insert_tumor.json"
@@ -53,6 +55,10 @@ class InsertTumor(TumorTask):
             inserted = insert_into(sampler, ct, mask, tumor.source, params.seed, margin, self.resample_steps)
         except InsertionRefused as error:  # the tumor, or the image, as a 4xx naming what to change
             raise RequestError(error.parameter, error.reason) from error
+        structures = {}
+        if self.segmenter is not None:
+            label = insertion_structures(self.segmenter, ct, inserted.hu, mask, self.generator.record)
+            structures = {"structures": structures_payload(label, ct.affine)}
         return result(
             inserted.hu,
             ct.affine,
@@ -65,4 +71,5 @@ class InsertTumor(TumorTask):
             resample_steps=self.resample_steps,
             insertion={key: value for key, value in inserted.report.items() if key not in UNREPORTED},
             tumor_mask=mask_payload(mask, ct.affine),
+            **structures,
         )
