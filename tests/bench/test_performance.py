@@ -21,7 +21,7 @@ from performance import kept_results, markdown
 from training_speed import STAGES, autoencoder_step_work
 
 from helpers import BUNDLE, TINY, run_bundle, train_in_process, training_overrides
-from scripts.networks.loading import load_autoencoder, load_diffusion
+from scripts.networks.loading import load_autoencoder, load_controlnet, load_diffusion
 from scripts.networks.schedules import controlnet_scheduler, trained_schedule, training_scheduler
 from scripts.networks.tiling import TiledDecoder
 from scripts.sampling.sampler import LatentDiffusionSampler, denoise, make_scheduler
@@ -131,12 +131,10 @@ def test_samplers_are_refused_on_models_trained_with_another_schedule():
     with pytest.raises(ValueError, match="noise_schedule does not fit schedule_type 'rflow'"):
         training_scheduler("rflow", ddpm)
     assert trained_schedule({}) == "ddpm", "records from before RFlow are DDPM"
-    with pytest.raises(
-        ValueError,
-        match="train_controlnet.json trains on a DDPM-trained diffusion model; diffusion_path holds a 'rflow' one",
-    ):
-        controlnet_scheduler({"schedule_type": "rflow", "noise_schedule": RFLOW_SCHEDULE})
-    assert controlnet_scheduler({"noise_schedule": ddpm}).num_train_timesteps == 1000
+    assert isinstance(
+        controlnet_scheduler({"schedule_type": "rflow", "noise_schedule": RFLOW_SCHEDULE}), RFlowScheduler
+    )
+    assert isinstance(controlnet_scheduler({"noise_schedule": ddpm}), DDPMScheduler), "records from before RFlow"
 
 
 def test_rflow_training_records_its_schedule(rflow_dir):
@@ -171,6 +169,30 @@ def test_rflow_model_samples_through_the_inference_config(rflow_dir, trained, tm
         refused.returncode != 0
         and "cannot sample a model trained with the 'ddpm' schedule" in refused.stderr + refused.stdout
     )
+
+
+def test_controlnet_trains_on_an_rflow_model_with_the_contrastive_pair(rflow_dir, phantom_dir, tmp_path):
+    ckpt, _ = rflow_dir
+    overrides = {
+        **training_overrides(phantom_dir, tmp_path),
+        "autoencoder_path": str(ckpt / "autoencoder.pt"),
+        "diffusion_path": str(ckpt / "diffusion.pt"),
+        "max_epochs": 2,
+        "contrastive_loss_weight": 0.01,
+    }
+    initial = train_in_process(["train_controlnet.json", "demo.json"], "controlnet", overrides)
+    controlnet, record = load_controlnet(tmp_path / "controlnet.pt")
+    assert record["contrastive_loss_weight"] == 0.01
+    changed = [not torch.equal(v, initial[k]) for k, v in controlnet.state_dict().items() if v.is_floating_point()]
+    assert sum(changed) / len(changed) > 0.5
+    unet, diffusion_record = load_diffusion(ckpt / "diffusion.pt")
+    autoencoder = load_autoencoder(ckpt / "autoencoder.pt")
+    sampler = LatentDiffusionSampler(autoencoder, unet, diffusion_record, "rflow", 5, controlnet=controlnet)
+    condition = torch.zeros(2, *diffusion_record["image_size"])
+    condition[0, 8:20, 8:20, 8:20] = 1
+    conditioned, unconditional = sampler.sample([3], condition)[0], sampler.sample([3])[0]
+    assert conditioned.shape == tuple(diffusion_record["image_size"]) and conditioned.dtype == np.int16
+    assert np.abs(conditioned.astype(int) - unconditional).mean() > 0, "the ControlNet steers the RFlow sampler"
 
 
 def test_bfloat16_autocast_sampling_stays_close_to_float32(trained):

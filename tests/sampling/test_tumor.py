@@ -170,8 +170,10 @@ def test_tumor_weighted_loss():
         {"image": torch.zeros(1, 3, 4, 4, 4), "condition": condition}
     )
     target = batch[1]
-    assert target.shape == (1, 4, 4, 4, 4) and target[0, -1, 0, 0, 0] == 5.0 and target[0, -1, 3, 3, 3] == 1.0
-    noise = target[:, :-1]
+    assert target.shape == (1, 5, 4, 4, 4), "noise, weight map, latent tumor"
+    assert target[0, 3, 0, 0, 0] == 5.0 and target[0, 3, 3, 3, 3] == 1.0
+    assert target[0, 4].sum() == 1 and target[0, 4, 0, 0, 0] == 1, "the tumor covers one latent voxel"
+    noise = target[:, :3]
     prediction = noise + 1.0
     assert torch.isclose(weighted_mse(prediction, target), torch.tensor(1.0))
     unweighted = torch.cat([noise, torch.ones_like(noise[:, :1])], dim=1)

@@ -37,14 +37,9 @@ def training_scheduler(schedule_type: str, noise_schedule: Mapping[str, Any]) ->
         ) from e
 
 
-def controlnet_scheduler(diffusion_record: Mapping[str, Any]) -> DDPMScheduler:
-    """The ControlNet stage's training scheduler, DDPM on the diffusion model's schedule; RFlow ControlNets are not supported yet."""
-    schedule = trained_schedule(diffusion_record)
-    if schedule != "ddpm":
-        raise ValueError(
-            f"train_controlnet.json trains on a DDPM-trained diffusion model; diffusion_path holds a {schedule!r} one"
-        )
-    return DDPMScheduler(**diffusion_record["noise_schedule"])
+def controlnet_scheduler(diffusion_record: Mapping[str, Any]) -> Scheduler:
+    """The ControlNet stage's training scheduler: the one the diffusion model was trained with (DDPM or RFlow)."""
+    return training_scheduler(trained_schedule(diffusion_record), diffusion_record["noise_schedule"])
 
 
 def check_sampler(sampler: str, schedule: str) -> None:

@@ -1,5 +1,6 @@
-"""Training: the autoencoder engine, losses, prepare-batch classes, latents, resuming, and DDP helpers, as configs name them."""
+"""Training: the autoencoder engine, losses, the ControlNet's contrastive pair, prepare-batch classes, latents, resuming, and DDP helpers, as configs name them."""
 
+from scripts.training.contrastive import TumorContrastiveLoss, TumorContrastivePair, contrastive_network
 from scripts.training.distributed import (
     check_replicas,
     data_parallel,
@@ -12,8 +13,12 @@ from scripts.training.distributed import (
 )
 from scripts.training.engines import AutoencoderTrainer, ReconstructionInferer, loss_terms
 from scripts.training.latents import SampleLatentd, dataset_scale_factor, encode_dataset, latent_shape
-from scripts.training.losses import AutoencoderLoss, make_perceptual_loss, weighted_mse
-from scripts.training.prepare_batch import RectifiedFlowPrepareBatch, TumorWeightedPrepareBatch
+from scripts.training.losses import AutoencoderLoss, make_perceptual_loss
+from scripts.training.prepare_batch import (
+    RectifiedFlowPrepareBatch,
+    TumorWeightedPrepareBatch,
+    noise_prepare_batch,
+)
 from scripts.training.resume import ResumeFromCheckpoint
 
 __all__ = [
@@ -23,8 +28,12 @@ __all__ = [
     "RectifiedFlowPrepareBatch",
     "ResumeFromCheckpoint",
     "SampleLatentd",
+    "TumorContrastiveLoss",
+    "TumorContrastivePair",
     "TumorWeightedPrepareBatch",
     "check_replicas",
+    "contrastive_network",
+    "noise_prepare_batch",
     "data_parallel",
     "data_sampler",
     "dataset_scale_factor",
@@ -37,5 +46,4 @@ __all__ = [
     "local_device",
     "loss_terms",
     "make_perceptual_loss",
-    "weighted_mse",
 ]

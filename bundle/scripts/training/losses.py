@@ -114,6 +114,10 @@ class AutoencoderLoss:
 
 
 def weighted_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """MSE between `prediction` and the noise in `target[:, :-1]`, weighted per voxel by `target[:, -1:]`."""
-    noise, weight = target[:, :-1], target[:, -1:]
-    return (weight * (prediction.float() - noise.float()) ** 2).sum() / (weight.sum() * noise.shape[1])
+    """MSE between `prediction` (C channels) and the noise in `target[:, :C]`, weighted per voxel by `target[:, C]`.
+
+    Further target channels (the latent tumor of `TumorWeightedPrepareBatch`) are left to other terms.
+    """
+    channels = prediction.shape[1]
+    noise, weight = target[:, :channels], target[:, channels : channels + 1]
+    return (weight * (prediction.float() - noise.float()) ** 2).sum() / (weight.sum() * channels)
