@@ -8,7 +8,8 @@ PY := $(CURDIR)/$(VENV)/bin/python
 OUT ?= $(CURDIR)/output/$(shell date +%Y%m%d-%H%M%S)
 SAMPLES ?= 2
 SEED ?= 0
-STEPS ?= 25
+# Reverse steps of `make sample`; empty: the default of the model's sampler (DDIM 25, RFlow 10).
+STEPS ?=
 
 .PHONY: sample test lint lock train demo-weights rflow-demo
 
@@ -32,7 +33,7 @@ lock:
 ## Sample synthetic CTs with the shipped demo weights (or yours, once models/ holds them).
 sample: $(VENV)/.installed
 	cd bundle && $(PY) -m monai.bundle run --config_file configs/inference.json \
-		--num_samples $(SAMPLES) --seed $(SEED) --num_inference_steps $(STEPS) --output_dir $(OUT)
+		--num_samples $(SAMPLES) --seed $(SEED) $(if $(STEPS),--num_inference_steps $(STEPS)) --output_dir $(OUT)
 	@echo "Synthetic CTs (NIfTI, HU) and previews (PNG) are in $(OUT)"
 
 ## Run the tests. The DICOM validator tests need dicom3tools (dciodvfy, dcentvfy): installed with apt when missing and

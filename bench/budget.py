@@ -35,6 +35,7 @@ from training_speed import STAGES, configured_amp, training_work
 
 from scripts.networks.controlnet import ControlledUNet
 from scripts.networks.loading import INFERENCE_OPTIONS
+from scripts.networks.schedules import resolve_sampling
 from scripts.networks.tile_plan import whole_volume_bytes
 from scripts.sampling.sampler import PRECISIONS
 from scripts.transforms.conditioning import CONDITION_CHANNELS
@@ -287,7 +288,8 @@ def stage_figures(
 def summary_rows(config: Configuration, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per stage of `config`: the peak GiB with the whole-volume work whole, tiled and as "auto" picks on a card of
     the target's size, whether that meets the target, and the seconds; measured figures beside where there are any."""
-    steps = int(config.parser("inference.json")["num_inference_steps"])
+    defaults = config.parser("inference.json")
+    _, steps = resolve_sampling(config.record(), defaults["sampler"], defaults["num_inference_steps"])
     summary = []
     for stage in dict.fromkeys(r["stage"] for r in rows):
         step, whole, tiled = (

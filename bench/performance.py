@@ -2,7 +2,7 @@
 tiled decoding, training speed and memory.
 
 Usage (from the repository root; the same command on a CUDA machine and on a CPU):
-    .venv/bin/python bench/performance.py [--model-dir bundle/models/demo] [--rflow-diffusion PATH] [--samples 8]
+    .venv/bin/python bench/performance.py [--model-dir bundle/models/demo] [--other-diffusion PATH] [--samples 8]
         [--samplers ddpm-1000 ddim-100 ...] [--sizes demo thesis] [--budget-sizes highres highres-256]
         [--only sampling variants flops budget decoding training] [--update] [--override KEY=JSON ...]
         [--out-dir bundle/docs]
@@ -78,13 +78,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if cuda else "cpu")
     parser.add_argument(
-        "--model-dir", type=Path, default=ROOT / "bundle" / "models" / "demo", help="trained (DDPM) weights to sample"
+        "--model-dir", type=Path, default=ROOT / "bundle" / "models" / "demo", help="trained weights to sample"
     )
     parser.add_argument(
-        "--rflow-diffusion",
+        "--other-diffusion",
         type=Path,
         default=None,
-        help="a diffusion.pt trained with configs/rflow.json on the same autoencoder",
+        help="a diffusion.pt trained with the other schedule (DDPM or RFlow) on the same autoencoder",
     )
     parser.add_argument(
         "--reference-dir", type=Path, default=None, help="reference CTs for FID (default: held-out phantoms)"
@@ -180,8 +180,8 @@ def has_weights(model_dir: Path) -> bool:
 
 def sampling_section(args: argparse.Namespace, device: torch.device, work_dir: Path) -> dict[str, Any]:
     """Seconds per volume and FID of every sampler on the trained weights, and the default sampler's verdict."""
-    model = TrainedModel.load(args.model_dir, args.rflow_diffusion, device)
-    grid = model.diffusions["ddpm"][1]["image_size"][0]
+    model = TrainedModel.load(args.model_dir, args.other_diffusion, device)
+    grid = model.record["image_size"][0]
     reference = reference_dir(args.reference_dir, work_dir, args.reference_cases)
     parser = evaluation_parser(model, reference, work_dir, grid, device, args.feature_weights)
     rows = trained_sampler_rows(model, args.samplers, parser, list(range(args.samples)), work_dir, device)
@@ -190,16 +190,16 @@ def sampling_section(args: argparse.Namespace, device: torch.device, work_dir: P
         "grid": grid,
         "feature_network": parser.get_parsed_content("feature_network").name,
         "rows": rows,
-        "verdict": verdict(rows),
+        "verdict": verdict(rows, default_sampler(model.record)),
     }
 
 
-def verdict(rows: list[dict[str, Any]]) -> str:
-    """The default sampler against DDPM-1000: speed-up and FID of both."""
+def verdict(rows: list[dict[str, Any]], default_spec: str) -> str:
+    """The default sampler (`default_spec`) against DDPM-1000: speed-up and FID of both."""
     by_name = {r["sampler"]: r for r in rows}
-    default, ddpm = by_name.get(default_sampler()), by_name.get("ddpm-1000")
+    default, ddpm = by_name.get(default_spec), by_name.get("ddpm-1000")
     if default is None or ddpm is None:
-        return f"default sampler {default_sampler()} or ddpm-1000 not run"
+        return f"default sampler {default_spec} or ddpm-1000 not run"
     speedup = ddpm["seconds_per_volume"] / default["seconds_per_volume"]
     return (
         f"default sampler {default['sampler']}: {speedup:.1f}x faster than ddpm-1000 "
@@ -210,10 +210,10 @@ def verdict(rows: list[dict[str, Any]]) -> str:
 
 def variants_section(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
     """The default sampler with each speed option, on the trained weights."""
-    model = TrainedModel.load(args.model_dir, args.rflow_diffusion, device)
-    half_latent = model.diffusions["ddpm"][1]["latent_shape"][1] // 2
+    model = TrainedModel.load(args.model_dir, args.other_diffusion, device)
+    half_latent = model.record["latent_shape"][1] // 2
     variants = [{k: half_latent if v == "half" else v for k, v in VARIANTS[name].items()} for name in args.variants]
-    return variant_rows(model, default_sampler(), variants, device)
+    return variant_rows(model, default_sampler(model.record), variants, device)
 
 
 def flops_section(configs: list[Configuration], samplers: list[str], device: torch.device) -> dict[str, Any]:
@@ -231,8 +231,8 @@ def flops_section(configs: list[Configuration], samplers: list[str], device: tor
 
 def decoding_section(args: argparse.Namespace, device: torch.device, configs: list[Configuration]) -> dict[str, Any]:
     """Whole versus tiled decoding on the trained weights (measured) and of the thesis decoder at 128^3 and 256^3 (estimated)."""
-    model = TrainedModel.load(args.model_dir, args.rflow_diffusion, device)
-    sampler = model.sampler(default_sampler(), device)
+    model = TrainedModel.load(args.model_dir, args.other_diffusion, device)
+    sampler = model.sampler(default_sampler(model.record), device)
     latent = sampler.record["latent_shape"][1]
     measured = tiling_rows(sampler, [None, latent // 2])
     thesis = [c for c in configs if c.name == "thesis"]

@@ -27,6 +27,7 @@ from scripts.evaluation.distances import fid_2p5d
 from scripts.evaluation.features import SliceFeatures
 from scripts.evaluation.generation import halves, volume_features
 from scripts.networks.loading import AUTOENCODER_FILE, DIFFUSION_FILE, load_autoencoder, load_diffusion
+from scripts.networks.schedules import resolve_sampling, trained_schedule
 from scripts.phantoms.thorax import write_phantoms
 from scripts.sampling.sampler import LatentDiffusionSampler
 
@@ -39,10 +40,11 @@ def parse_sampler(spec: str) -> tuple[str, int]:
     return name, int(steps)
 
 
-def default_sampler() -> str:
-    """The sampler and step count configs/inference.json uses by default, as a spec (`ddim-25`)."""
+def default_sampler(record: dict) -> str:
+    """The sampler and step count configs/inference.json picks by default for the model of `record`, as a spec."""
     parser = load_bundle_config(["inference.json"])
-    return f"{parser['sampler']}-{parser['num_inference_steps']}"
+    name, steps = resolve_sampling(record, parser["sampler"], parser["num_inference_steps"])
+    return f"{name}-{steps}"
 
 
 @dataclass
@@ -52,18 +54,34 @@ class TrainedModel:
     autoencoder: torch.nn.Module
     diffusions: dict[str, tuple[torch.nn.Module, dict]]
     autoencoder_path: Path
+    schedule: str
 
     @classmethod
-    def load(cls, model_dir: Path, rflow_diffusion: Path | None, device: torch.device) -> TrainedModel:
-        """The DDPM weights of `model_dir`, plus an RFlow-trained U-Net over the same autoencoder if given."""
-        diffusions = {"ddpm": load_diffusion(model_dir / DIFFUSION_FILE, device)}
-        if rflow_diffusion is not None:
-            diffusions["rflow"] = load_diffusion(rflow_diffusion, device)
-            if diffusions["rflow"][1]["latent_shape"] != diffusions["ddpm"][1]["latent_shape"]:
+    def load(cls, model_dir: Path, other_diffusion: Path | None, device: torch.device) -> TrainedModel:
+        """The weights of `model_dir`, plus a U-Net trained with the other schedule over the same autoencoder if given."""
+        own = load_diffusion(model_dir / DIFFUSION_FILE, device)
+        schedule = trained_schedule(own.record)
+        diffusions = {schedule: own}
+        if other_diffusion is not None:
+            other = load_diffusion(other_diffusion, device)
+            if trained_schedule(other.record) == schedule:
                 raise ValueError(
-                    f"--rflow-diffusion {rflow_diffusion} has another latent shape than {model_dir}: train it on the same autoencoder"
+                    f"--other-diffusion {other_diffusion} is trained with the {schedule!r} schedule, as {model_dir} is: "
+                    "give one trained with the other schedule"
                 )
-        return cls(load_autoencoder(model_dir / AUTOENCODER_FILE, device), diffusions, model_dir / AUTOENCODER_FILE)
+            if other.record["latent_shape"] != own.record["latent_shape"]:
+                raise ValueError(
+                    f"--other-diffusion {other_diffusion} has another latent shape than {model_dir}: train it on the same autoencoder"
+                )
+            diffusions[trained_schedule(other.record)] = other
+        return cls(
+            load_autoencoder(model_dir / AUTOENCODER_FILE, device), diffusions, model_dir / AUTOENCODER_FILE, schedule
+        )
+
+    @property
+    def record(self) -> dict:
+        """The record of `model_dir`'s own diffusion U-Net."""
+        return self.diffusions[self.schedule][1]
 
     def sampler(self, spec: str, device: torch.device, **options: Any) -> LatentDiffusionSampler:
         """A sampler for `spec` on the U-Net trained with the schedule it needs."""
@@ -136,7 +154,7 @@ def trained_sampler_rows(
     ]
     for spec in specs:
         name, _ = parse_sampler(spec)
-        if name == "rflow" and "rflow" not in model.diffusions:
+        if ("rflow" if name == "rflow" else "ddpm") not in model.diffusions:
             continue
         sampler = model.sampler(spec, device)
         folder = work_dir / "samples" / spec

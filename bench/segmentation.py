@@ -3,7 +3,7 @@ maps on synthetic CTs of the demo weights.
 
 Usage (from the repository root):
     .venv/bin/python bench/segmentation.py [--model-dir bundle/models/demo] [--cases 8] [--size 128]
-        [--samples 8] [--steps 25] [--out segmentation.json]
+        [--samples 8] [--steps N] [--out segmentation.json]
 Held-out phantoms (seed 99, not among the demo's training cases) go through the bundle's stored preprocessing onto
 the segmenter's working grid and are scored against their own labels (body: the whole outline). Synthetic CTs of
 seeds 0, 1, ... are segmented and checked with scripts.evaluation.anatomy_checks. Prints both tables, writes JSON.
@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cases", type=int, default=8, help="held-out phantoms")
     parser.add_argument("--size", type=int, default=128, help="phantom voxels in-plane")
     parser.add_argument("--samples", type=int, default=8, help="synthetic CTs checked for plausibility")
-    parser.add_argument("--steps", type=int, default=25, help="DDIM steps of the synthetic CTs")
+    parser.add_argument("--steps", type=int, default=None, help="reverse steps (default: the sampler's)")
     parser.add_argument("--out", type=Path, default=None, help="JSON with every figure")
     return parser.parse_args(argv)
 
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"Dice on {args.cases} held-out phantoms at {grid} (segmenter of {args.model_dir}):")
     print(markdown_table(rows))
 
-    sampler = parser.get_parsed_content("generator").with_schedule("ddim", args.steps)
+    sampler = parser.get_parsed_content("generator").with_schedule(num_inference_steps=args.steps)
     affine = centred_affine(sampler.record["image_size"], sampler.spacing)
     checks, started = {}, time.perf_counter()
     for seed in range(args.samples):

@@ -2,7 +2,7 @@
 
 Usage (from the repository root):
     .venv/bin/python bench/tumor_adherence.py [--model-dir bundle/models/demo] [--seeds 0 1 2] [--diameter 40]
-        [--centres "80,0,20;-80,0,20;..."] [--steps 25] [--guidance-scale 1] [--phantoms bundle/data/phantoms]
+        [--centres "80,0,20;-80,0,20;..."] [--steps N] [--guidance-scale 1] [--phantoms bundle/data/phantoms]
         [--out adherence.json]
 For every centre (RAS mm from the volume centre; +x is the patient's right) and seed, it samples the
 tumor-conditioned CT and the unconditional CT of the same seed, scores both against the requested
@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--centres", default=CENTRES, help="tumor centres as x,y,z in RAS mm, separated by ';'")
     parser.add_argument("--diameter", type=float, default=40.0, help="tumor diameter in mm")
-    parser.add_argument("--steps", type=int, default=25, help="DDIM steps")
+    parser.add_argument("--steps", type=int, default=None, help="reverse steps (default: the sampler's)")
     parser.add_argument(
         "--guidance-scale", type=float, default=1.0, help="classifier-free tumor guidance (1: plain conditioning)"
     )
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
         load_autoencoder(args.model_dir / "autoencoder.pt"),
         unet,
         record,
-        "ddim",
+        "auto",
         args.steps,
         controlnet=controlnet,
         guidance_scale=args.guidance_scale,
@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "model_dir": str(args.model_dir),
         "diameter_mm": args.diameter,
-        "steps": args.steps,
+        "sampler": sampler.sampler_name,
+        "steps": sampler.num_inference_steps,
         "guidance_scale": args.guidance_scale,
     }
     if args.phantoms:

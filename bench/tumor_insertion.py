@@ -2,7 +2,7 @@
 
 Usage (from the repository root):
     .venv/bin/python bench/tumor_insertion.py [--model-dir bundle/models/demo] [--diameters 20 40 60] [--seeds 0 1]
-        [--resample-steps 1 3] [--cases 2] [--size 160 160 80] [--steps 25] [--out insertion.json]
+        [--resample-steps 1 3] [--cases 2] [--size 160 160 80] [--steps N] [--out insertion.json]
 For each held-out phantom (seed 99, not among the demo's training cases), lung (right, left) and level (the upper and
 lower third of the lung), diameter, seed and `resample_steps` (1: blended latent diffusion, 3: RePaint resampling), it
 inserts a tumor and scores it: the share of the mask's lung voxels that became soft tissue (> -300 HU), the mask's
@@ -57,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resample-steps", type=int, nargs="+", default=[1, 3])
     parser.add_argument("--cases", type=int, default=2, help="held-out phantoms")
     parser.add_argument("--size", type=int, nargs=3, default=[160, 160, 80], help="phantom voxels (x y z)")
-    parser.add_argument("--steps", type=int, default=25, help="DDIM steps")
+    parser.add_argument("--steps", type=int, default=None, help="reverse steps (default: the sampler's)")
     parser.add_argument("--guidance-scale", type=float, default=3.0)
     parser.add_argument("--margin", type=float, default=10.0, help="blend_margin_mm")
     parser.add_argument("--out", type=Path, default=Path("insertion.json"))
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         autoencoder,
         diffusion.network,
         diffusion.record,
-        "ddim",
+        "auto",
         args.steps,
         controlnet=controlnet.network,
         guidance_scale=args.guidance_scale,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lib.request_params import RequestError, choice, integer
-from scripts.networks.schedules import COMPATIBLE_SAMPLERS, trained_schedule
+from scripts.networks.schedules import COMPATIBLE_SAMPLERS, resolve_sampling, trained_schedule
 
 #: Seeds seed numpy and torch generators alike.
 MAX_SEED = 2**32 - 1
@@ -55,9 +55,10 @@ class SamplingLimits:
 
 def sampling_limits(record: Mapping[str, Any], defaults: Mapping[str, Any], max_inference_steps: int) -> SamplingLimits:
     """Limits for the diffusion model of `record`: at most `max_inference_steps`, no more steps than it was trained
-    with, and only the samplers its training schedule admits (DDPM/DDIM, or RFlow)."""
+    with, and only the samplers its training schedule admits (DDPM/DDIM, or RFlow). The bundle's default sampler
+    `auto` becomes the model's fast sampler, and default steps of None that sampler's."""
     train_steps = int(record["noise_schedule"]["num_train_timesteps"])
     most = min(max_inference_steps, train_steps)
-    steps = min(int(defaults["num_inference_steps"]), most)
+    sampler, steps = resolve_sampling(record, str(defaults["sampler"]), defaults["num_inference_steps"])
     samplers = COMPATIBLE_SAMPLERS[trained_schedule(record)]
-    return SamplingLimits(int(defaults["seed"]), str(defaults["sampler"]), steps, most, train_steps, samplers)
+    return SamplingLimits(int(defaults["seed"]), sampler, min(steps, most), most, train_steps, samplers)

@@ -53,7 +53,11 @@ def show(result: Synthesis, name: str) -> tuple:
 
 
 def synthesize_ct(
-    server_url: str, seed: int = 0, num_inference_steps: int = 25, sampler: str = "ddim", token: str | None = None
+    server_url: str,
+    seed: int = 0,
+    num_inference_steps: int | None = None,
+    sampler: str | None = None,
+    token: str | None = None,
 ) -> tuple:
     """An unconditional synthetic CT, shown in the slice views (`token`: the server's bearer token, if it has one)."""
     result = synthesize(server_url, TASK, request_params(seed, num_inference_steps, sampler), RESULTS, token=token)
@@ -93,8 +97,8 @@ def tumor_task(
     segment_id: str | None = None,
     diameter_mm: float = 30.0,
     seed: int = 0,
-    num_inference_steps: int = 25,
-    sampler: str = "ddim",
+    num_inference_steps: int | None = None,
+    sampler: str | None = None,
     token: str | None = None,
     **extra: float,
 ) -> Synthesis:

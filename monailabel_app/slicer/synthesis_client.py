@@ -48,14 +48,19 @@ def ras_to_voxel(ras_mm: Sequence[float], ras_to_ijk: np.ndarray) -> list[float]
 
 def request_params(
     seed: int,
-    num_inference_steps: int,
-    sampler: str = "ddim",
+    num_inference_steps: int | None = None,
+    sampler: str | None = None,
     foreground: Sequence[Sequence[float]] | None = None,
     tumor_diameter_mm: float | None = None,
     blend_margin_mm: float | None = None,
 ) -> dict[str, Any]:
-    """The params JSON of a request, with only the values that are set (`blend_margin_mm`: insert_tumor's)."""
-    params: dict[str, Any] = {"seed": int(seed), "num_inference_steps": int(num_inference_steps), "sampler": sampler}
+    """The params JSON of a request, with only the values that are set: the server picks the sampler and steps left
+    out (its model's fast sampler); `blend_margin_mm` is insert_tumor's."""
+    params: dict[str, Any] = {"seed": int(seed)}
+    if num_inference_steps is not None:
+        params["num_inference_steps"] = int(num_inference_steps)
+    if sampler is not None:
+        params["sampler"] = sampler
     if foreground:
         params["foreground"] = [[float(c) for c in point] for point in foreground]
     if tumor_diameter_mm is not None:

@@ -149,7 +149,7 @@ def test_rflow_model_samples_through_the_inference_config(rflow_dir, trained, tm
     ckpt, _ = rflow_dir
     overrides = {"model_dir": str(ckpt), "output_dir": str(tmp_path), "num_samples": 2, "batch_size": 2, "seed": 1}
     overrides["structures"] = False  # the rflow folder holds no segmenter
-    run_bundle(["inference.json"], {**overrides, "sampler": "rflow", "num_inference_steps": 5})
+    run_bundle(["inference.json"], {**overrides, "num_inference_steps": 5})  # sampler auto: rflow for this model
     volumes = [np.asanyarray(nib.load(tmp_path / f"sample_seed{s}_ct.nii.gz").dataobj) for s in (1, 2)]
     assert volumes[0].shape == (TINY["grid_size"],) * 3 and volumes[0].min() >= -1000 and volumes[0].max() <= 1000
     assert np.abs(volumes[0].astype(int) - volumes[1]).mean() > 5, "other seeds give other volumes"
@@ -343,7 +343,7 @@ def test_cpu_benchmark_command_writes_its_tables(trained, phantom_dir, rflow_dir
         str(BUNDLE.parent / "bench" / "performance.py"),
         "--model-dir",
         str(trained.dir),
-        "--rflow-diffusion",
+        "--other-diffusion",
         str(rflow_dir[0] / "diffusion.pt"),
     ]
     args += [

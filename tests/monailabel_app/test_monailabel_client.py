@@ -29,7 +29,8 @@ def test_ras_point_becomes_the_voxel_the_server_expects():
 
 
 def test_request_params_hold_only_what_is_set():
-    assert request_params(3, 25) == {"seed": 3, "num_inference_steps": 25, "sampler": "ddim"}
+    assert request_params(3, 25) == {"seed": 3, "num_inference_steps": 25}
+    assert request_params(3) == {"seed": 3}, "the server picks the sampler and steps left out"
     tumor = request_params(3, 25, "ddpm", foreground=[(1, 2, 3)], tumor_diameter_mm=40)
     assert (
         tumor["foreground"] == [[1.0, 2.0, 3.0]] and tumor["tumor_diameter_mm"] == 40.0 and tumor["sampler"] == "ddpm"

@@ -8,6 +8,7 @@ import torch
 from helpers import TINY, run_bundle
 from scripts.data.volumes import to_hu
 from scripts.networks.loading import load_autoencoder, load_diffusion
+from scripts.networks.schedules import resolve_sampling
 from scripts.sampling.sampler import LatentDiffusionSampler, make_scheduler
 from scripts.sampling.writing import write_samples
 
@@ -51,6 +52,18 @@ def test_same_seed_same_volume_whatever_the_batch(sampler):
 def test_ddpm_uses_every_training_step(sampler):
     ddpm = LatentDiffusionSampler(sampler.autoencoder, sampler.unet, sampler.record, "ddpm", 10)
     assert len(ddpm.scheduler.timesteps) == 1000
+
+
+def test_auto_sampling_picks_the_fast_sampler_of_the_model_schedule(sampler):
+    default = LatentDiffusionSampler(sampler.autoencoder, sampler.unet, sampler.record)
+    assert (default.sampler_name, default.num_inference_steps, len(default.scheduler.timesteps)) == ("ddim", 25, 25)
+    rflow = {"schedule_type": "rflow", "noise_schedule": {"num_train_timesteps": 1000}}
+    assert resolve_sampling(rflow) == ("rflow", 10) and resolve_sampling(rflow, "auto", 4) == ("rflow", 4)
+    assert resolve_sampling(sampler.record, "ddpm", 10) == ("ddpm", 1000)
+    with pytest.raises(ValueError, match=r"sampler must be one of \['auto', 'ddim', 'ddpm', 'rflow'\], got 'euler'"):
+        resolve_sampling(rflow, "euler")
+    with pytest.raises(ValueError, match="sampler 'ddim' cannot sample a model trained with the 'rflow' schedule"):
+        resolve_sampling(rflow, "ddim")
 
 
 @pytest.mark.parametrize(

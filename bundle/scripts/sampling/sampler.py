@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from scripts.data.volumes import to_hu
 from scripts.networks.controlnet import ControlledUNet
-from scripts.networks.schedules import check_sampler, trained_schedule
+from scripts.networks.schedules import AUTO_SAMPLER, check_sampler, resolve_sampling, trained_schedule
 from scripts.networks.tile_plan import AUTO, planned_tile
 from scripts.networks.tiling import TiledDecoder, TiledEncoder
 from scripts.sampling.guidance import TumorGuidance, check_guidance_scale
@@ -121,9 +121,11 @@ class LatentDiffusionSampler:
         autoencoder: the frozen AutoencoderKL.
         unet: the frozen DiffusionModelUNet.
         record: the diffusion checkpoint's record (scale factor, latent shape, schedule, grid, HU window).
-        sampler: `ddim` (fast, the default) or `ddpm` (the thesis' 1000-step sampler) for DDPM-trained
-            models; `rflow` for models trained with rectified flow (configs/rflow.json).
-        num_inference_steps: reverse steps; DDPM uses as many as it was trained with.
+        sampler: `auto` (the default: the fast sampler of the model's schedule), `ddim` (fast) or `ddpm` (the
+            thesis' 1000-step sampler) for DDPM-trained models; `rflow` for models trained with rectified flow
+            (configs/rflow.json).
+        num_inference_steps: reverse steps (None: the sampler's default, DDIM 25, RFlow 10); DDPM uses as many as it
+            was trained with.
         device: where to sample.
         controlnet: the frozen tumor ControlNet, for conditioned sampling.
         precision: `float32`, or `bfloat16`/`float16` autocast of the networks (faster on CUDA GPUs).
@@ -139,8 +141,8 @@ class LatentDiffusionSampler:
         autoencoder: torch.nn.Module,
         unet: torch.nn.Module,
         record: dict,
-        sampler: str = "ddim",
-        num_inference_steps: int = 50,
+        sampler: str = AUTO_SAMPLER,
+        num_inference_steps: int | None = None,
         device: torch.device | str = "cpu",
         controlnet: torch.nn.Module | None = None,
         precision: str = "float32",
@@ -148,14 +150,16 @@ class LatentDiffusionSampler:
         compile: bool = False,
         guidance_scale: float = 1.0,
     ) -> None:
-        if sampler == "ddpm" and num_inference_steps != record["noise_schedule"]["num_train_timesteps"]:
-            logger.info("ddpm samples with all %d training steps", record["noise_schedule"]["num_train_timesteps"])
-            num_inference_steps = record["noise_schedule"]["num_train_timesteps"]
+        asked = num_inference_steps
+        sampler, num_inference_steps = resolve_sampling(record, sampler, num_inference_steps)
+        if sampler == "ddpm" and asked not in (None, num_inference_steps):
+            logger.info("ddpm samples with all %d training steps", num_inference_steps)
         latent_numel = int(np.prod(record["latent_shape"][1:]))
         self.scheduler = make_scheduler(
             sampler, record["noise_schedule"], num_inference_steps, trained_schedule(record), latent_numel
         )
         self.autoencoder, self.unet, self.record, self.device = autoencoder, unet, record, torch.device(device)
+        self.sampler_name, self.num_inference_steps = sampler, num_inference_steps
         self.controlnet = controlnet
         self.options = {
             "precision": precision,
@@ -173,7 +177,9 @@ class LatentDiffusionSampler:
             controlled = TumorGuidance(controlled, guidance_scale)
         self.controlled = torch.compile(controlled) if compile and controlled is not None else controlled
 
-    def with_schedule(self, sampler: str, num_inference_steps: int) -> LatentDiffusionSampler:
+    def with_schedule(
+        self, sampler: str = AUTO_SAMPLER, num_inference_steps: int | None = None
+    ) -> LatentDiffusionSampler:
         """Another sampler on the same loaded networks and options, with its own scheduler (for per-request settings)."""
         return LatentDiffusionSampler(
             self.autoencoder,
