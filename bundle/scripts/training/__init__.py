@@ -33,7 +33,6 @@ __all__ = [
     "TumorWeightedPrepareBatch",
     "check_replicas",
     "contrastive_network",
-    "noise_prepare_batch",
     "data_parallel",
     "data_sampler",
     "dataset_scale_factor",
@@ -46,4 +45,5 @@ __all__ = [
     "local_device",
     "loss_terms",
     "make_perceptual_loss",
+    "noise_prepare_batch",
 ]

@@ -2,7 +2,7 @@
 
 `TumorWeightedPrepareBatch` appends a per-voxel loss weight and the tumor on the latent grid to the target
 (see `scripts.training.losses.weighted_mse` and `scripts.training.contrastive`); `RectifiedFlowPrepareBatch`
-turns a DDPM batch into a rectified-flow one; `controlnet_prepare_batch` picks them for the ControlNet stage.
+turns a DDPM batch into a rectified-flow one; `noise_prepare_batch` picks them for a noise stage's schedule.
 """
 
 from __future__ import annotations
@@ -62,7 +62,9 @@ class RectifiedFlowPrepareBatch:
         return images, torch.cat([velocity, target[:, images.shape[1] :]], dim=1), args, infer_kwargs
 
 
-def noise_prepare_batch(scheduler: Scheduler, condition_name: str | None = None, tumor_weight: float | None = None):
+def noise_prepare_batch(
+    scheduler: Scheduler, condition_name: str | None = None, tumor_weight: float | None = None
+) -> Callable:
     """A noise stage's batches for `scheduler`: noise targets for DDPM, velocity targets for rectified flow.
 
     `condition_name` names the batch key passed to the network as its condition (the ControlNet's mask). With
