@@ -30,10 +30,10 @@ from configurations import SIZES, Configuration, configurations
 from decoding import volume_work
 from measure import GIB, PeakMemory, timed
 from memory_estimate import Work, estimate, mixed_precision, trained_state
-from monai.networks.nets import AutoencoderKL, ControlNet, DiffusionModelUNet, PatchDiscriminator
+from monai.networks.nets import AutoencoderKL, DiffusionModelUNet, PatchDiscriminator
 from training_speed import STAGES, configured_amp, training_work
 
-from scripts.networks.controlnet import ControlledUNet
+from scripts.networks.controlnet import ControlledUNet, TumorControlNet
 from scripts.networks.loading import INFERENCE_OPTIONS
 from scripts.networks.schedules import resolve_sampling
 from scripts.networks.tile_plan import whole_volume_bytes
@@ -124,7 +124,7 @@ def network_weights(config: Configuration, controlnet: bool) -> Callable[[torch.
     def build(device: torch.device) -> list[torch.Tensor]:
         with device:
             networks = [DiffusionModelUNet(**{**config.diffusion_kwargs, **INFERENCE_OPTIONS})]
-            networks += [ControlNet(**config.controlnet_kwargs)] if controlnet else []
+            networks += [TumorControlNet(**config.controlnet_kwargs)] if controlnet else []
         return [p for n in networks for p in n.parameters()]
 
     return build
@@ -153,7 +153,7 @@ def denoising_work(config: Configuration, dtype: torch.dtype | None, controlnet:
             network: torch.nn.Module = unet
             context = {}
             if controlnet:
-                network = ControlledUNet(unet, ControlNet(**config.controlnet_kwargs).eval())
+                network = ControlledUNet(unet, TumorControlNet(**config.controlnet_kwargs).eval())
                 context = {"context": torch.zeros((1, len(CONDITION_CHANNELS), *config.image_size))}
             autoencoder = AutoencoderKL(**{**config.autoencoder_kwargs, **INFERENCE_OPTIONS})
             latents = torch.randn((1, *config.latent_shape))

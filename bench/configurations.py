@@ -64,9 +64,12 @@ class Configuration:
 
     @cached_property
     def controlnet_kwargs(self) -> dict[str, Any]:
-        """ControlNet arguments of this configuration."""
-        embedding = self.parser("train_controlnet.json").get_parsed_content("controlnet_embedding_channels")
-        return controlnet_kwargs(self.diffusion_kwargs, embedding)
+        """TumorControlNet arguments of this configuration."""
+        parser = self.parser("train_controlnet.json")
+        embedding, pooling = (
+            parser.get_parsed_content(k) for k in ("controlnet_embedding_channels", "controlnet_condition_pooling")
+        )
+        return controlnet_kwargs(self.diffusion_kwargs, embedding, pooling)
 
     @cached_property
     def image_size(self) -> list[int]:

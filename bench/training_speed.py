@@ -23,9 +23,9 @@ from ignite.engine import Events
 from measure import PeakMemory, synchronize
 from memory_estimate import Work, estimate, mixed_precision, state_tensors
 from monai.engines import Trainer
-from monai.networks.nets import AutoencoderKL, ControlNet, DiffusionModelUNet, PatchDiscriminator
+from monai.networks.nets import AutoencoderKL, DiffusionModelUNet, PatchDiscriminator
 
-from scripts.networks.controlnet import ControlledUNet
+from scripts.networks.controlnet import ControlledUNet, TumorControlNet
 from scripts.training.losses import AutoencoderLoss
 from scripts.transforms.conditioning import CONDITION_CHANNELS
 
@@ -156,7 +156,7 @@ def noise_step_work(config: Configuration, stage: str, batch_size: int, amp: boo
             network: torch.nn.Module = unet
             if stage == "controlnet":
                 unet.requires_grad_(False)
-                trained = ControlNet(**config.controlnet_kwargs)
+                trained = TumorControlNet(**config.controlnet_kwargs)
                 network = ControlledUNet(unet, trained)
         batch = {k: v.to(device) for k, v in synthetic_batch(config, stage, batch_size).items()}
         return {

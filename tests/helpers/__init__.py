@@ -18,8 +18,8 @@ from monai.bundle import ConfigWorkflow
 BUNDLE = Path(__file__).resolve().parents[2] / "bundle"
 
 #: Overrides that shrink the demo configuration so each stage trains in seconds on a CPU: whole 32^3 volumes (patches
-#: as large as the grid; the command line cannot pass a null) and three latent channels. tests/bundle/test_highres.py
-#: and the resume test train on smaller patches.
+#: as large as the grid; the command line cannot pass a null), three latent channels and unpooled ControlNet masks.
+#: tests/bundle/test_highres.py and the resume test train on smaller patches.
 TINY = {
     "grid_size": 32,
     "autoencoder_channels": [8, 16, 16],
@@ -32,6 +32,7 @@ TINY = {
     "diffusion_norm_num_groups": 8,
     "diffusion_num_head_channels": [0, 16, 16],
     "controlnet_embedding_channels": [8, 16, 16],
+    "controlnet_condition_pooling": 1,
     "batch_size": 2,
     "num_workers": 0,
     "val_interval": 1,

@@ -63,3 +63,7 @@ def test_demo_overlay_shrinks_the_networks(monkeypatch):
     assert parser.get_parsed_content("image_spacing_mm") == [3.5, 3.5, 2.75]
     assert parser.get_parsed_content("autoencoder_kwargs#channels") == [16, 32, 32, 32]  # 8x: 16^3 latents
     assert parser.get_parsed_content("patch_size") == 64
+    pooling, embedding = (
+        parser.get_parsed_content(k) for k in ("controlnet_condition_pooling", "controlnet_embedding_channels")
+    )
+    assert pooling * 2 ** (len(embedding) - 1) == 8, "the ControlNet's pooled mask reaches the 8x latent grid"

@@ -130,17 +130,20 @@ def test_adherence_finds_a_real_tumor_and_not_a_missing_one(phantom_case):
     assert missing["mask_soft_tissue_fraction"] < 0.3 and missing["dice"] < 0.2
 
 
+UNET_KWARGS = dict(
+    spatial_dims=3,
+    in_channels=3,
+    out_channels=3,
+    channels=[8, 16, 16],
+    num_res_blocks=1,
+    norm_num_groups=8,
+    attention_levels=[False, False, False],
+    num_head_channels=[0, 8, 8],
+)
+
+
 def test_controlnet_starts_from_the_unet_and_matches_the_latent_grid():
-    unet_kwargs = dict(
-        spatial_dims=3,
-        in_channels=3,
-        out_channels=3,
-        channels=[8, 16, 16],
-        num_res_blocks=1,
-        norm_num_groups=8,
-        attention_levels=[False, False, False],
-        num_head_channels=[0, 8, 8],
-    )
+    unet_kwargs = UNET_KWARGS
     unet = DiffusionModelUNet(**unet_kwargs)
     kwargs = controlnet_kwargs(unet_kwargs, [8, 16, 16])
     controlnet = controlnet_from_unet(unet, kwargs, latent_downsampling=4)
@@ -151,6 +154,28 @@ def test_controlnet_starts_from_the_unet_and_matches_the_latent_grid():
     t = torch.tensor([10, 500])
     steered = ControlledUNet(unet, controlnet)(latents, t, context=mask)
     assert torch.allclose(steered, unet(latents, t)), "zero convolutions: an untrained ControlNet changes nothing"
+
+
+def test_pooled_controlnet_sees_the_average_pooled_mask():
+    """condition_pooling 2 with one embedding level fewer reaches the same latent grid, on the 2x pooled mask."""
+    unet = DiffusionModelUNet(**UNET_KWARGS)
+    assert "condition_pooling" not in controlnet_kwargs(UNET_KWARGS, [8, 16, 16]), "unpooled records stay as they were"
+    pooled = controlnet_from_unet(unet, controlnet_kwargs(UNET_KWARGS, [8, 16], 2), latent_downsampling=4)
+    plain = controlnet_from_unet(unet, controlnet_kwargs(UNET_KWARGS, [8, 16]), latent_downsampling=2)
+    for p in pooled.parameters():
+        torch.nn.init.normal_(p, std=0.1)  # as if trained: no zero convolutions, so the mask shows in the residuals
+    plain.load_state_dict(pooled.state_dict())
+    latents, t = torch.randn(2, 3, 8, 8, 8), torch.tensor([10, 500])
+    mask = (torch.rand(2, 2, 32, 32, 32) > 0.7).float()
+    down, mid = pooled(latents, t, controlnet_cond=mask)
+    expected_down, expected_mid = plain(latents, t, controlnet_cond=torch.nn.functional.avg_pool3d(mask, 2))
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(down, expected_down))
+    assert torch.allclose(mid, expected_mid, atol=1e-5)
+    assert not torch.allclose(mid, pooled(latents, t, controlnet_cond=torch.zeros_like(mask))[1]), "the mask matters"
+    with pytest.raises(ValueError, match=r"controlnet_condition_pooling \(2\) .* 8x .* give the embedding 2 entries"):
+        controlnet_from_unet(unet, controlnet_kwargs(UNET_KWARGS, [8, 16, 16], 2), latent_downsampling=4)
+    with pytest.raises(ValueError, match="controlnet_condition_pooling must be a positive integer"):
+        controlnet_kwargs(UNET_KWARGS, [8, 16], 0)
 
 
 def test_conditioning_mask_and_lung_dropout():

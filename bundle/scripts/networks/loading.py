@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from monai.networks.nets import AutoencoderKL, ControlNet, DiffusionModelUNet, SegResNet
+from monai.networks.nets import AutoencoderKL, DiffusionModelUNet, SegResNet
 
 from scripts.networks.checkpoint import load_checkpoint
+from scripts.networks.controlnet import TumorControlNet
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def load_controlnet(path: str | Path, device: torch.device | str = "cpu") -> Loa
     """The tumor ControlNet stored at `path`, frozen, and its record (conditioning channels, training settings)."""
     checkpoint = load_checkpoint(path, ("controlnet", "controlnet_record"))
     record = checkpoint["controlnet_record"]
-    network = ControlNet(**{**record["network"], **INFERENCE_OPTIONS})
+    network = TumorControlNet(**{**record["network"], **INFERENCE_OPTIONS})
     network.load_state_dict(checkpoint["controlnet"])
     return LoadedNetwork(_frozen(network, device), record)
 
