@@ -143,13 +143,12 @@ UNET_KWARGS = dict(
 
 
 def test_controlnet_starts_from_the_unet_and_matches_the_latent_grid():
-    unet_kwargs = UNET_KWARGS
-    unet = DiffusionModelUNet(**unet_kwargs)
-    kwargs = controlnet_kwargs(unet_kwargs, [8, 16, 16])
+    unet = DiffusionModelUNet(**UNET_KWARGS)
+    kwargs = controlnet_kwargs(UNET_KWARGS, [8, 16, 16])
     controlnet = controlnet_from_unet(unet, kwargs, latent_downsampling=4)
     assert torch.equal(controlnet.conv_in.conv.weight, unet.conv_in.conv.weight)
     with pytest.raises(ValueError, match="conditioning_embedding_num_channels"):
-        controlnet_from_unet(unet, controlnet_kwargs(unet_kwargs, [8, 16]), latent_downsampling=4)
+        controlnet_from_unet(unet, controlnet_kwargs(UNET_KWARGS, [8, 16]), latent_downsampling=4)
     latents, mask = torch.randn(2, 3, 8, 8, 8), torch.zeros(2, 2, 32, 32, 32)
     t = torch.tensor([10, 500])
     steered = ControlledUNet(unet, controlnet)(latents, t, context=mask)
