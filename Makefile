@@ -11,7 +11,7 @@ SEED ?= 0
 # Reverse steps of `make sample`; empty: the default of the model's sampler (DDIM 25, RFlow 10).
 STEPS ?=
 
-.PHONY: sample test lint lock train demo-weights rflow-demo
+.PHONY: sample test lint lock train demo-weights ddpm-demo
 
 # requirements.txt names the stack; requirements.lock pins every package of it, so two machines get the same.
 $(VENV)/.installed: requirements.txt requirements.lock
@@ -50,7 +50,8 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 
 ## Train every stage in order on DATA (a folder with datalist.json, from `ingest` or `phantoms`): the autoencoder,
-## its decoder fine-tuned to draw tumors, the diffusion U-Net, the tumor ControlNet, the structure segmenter. CONFIG names
+## its decoder fine-tuned to draw tumors, the diffusion U-Net, the tumor ControlNet, the structure segmenter (on DATA
+## and the autoencoder's reconstructions of it, in $(RUNS)/reconstructions, so it labels decoded CTs too). CONFIG names
 ## overlays of configs/ (CONFIG=highres for 512 x 512 x 128; CONFIG=demo; none: the thesis configuration); <STAGE>_ARGS add
 ## overrides per stage. Each stage resumes after an interruption and is skipped once its final weights exist;
 ## the weights to sample with are gathered in $(RUNS)/model.
@@ -72,8 +73,10 @@ train: $(VENV)/.installed
 		--log_dir $(RUNS)/log/diffusion $(DIFFUSION_ARGS))
 	test -f $(RUNS)/controlnet.pt || ($(STAGE) --config_file $(call configs,train_controlnet) \
 		--log_dir $(RUNS)/log/controlnet $(CONTROLNET_ARGS))
-	test -f $(RUNS)/segmentation.pt || ($(STAGE) --config_file $(call configs,train_segmentation) \
-		--log_dir $(RUNS)/log/segmentation $(SEGMENTATION_ARGS))
+	test -f $(RUNS)/segmentation.pt || (cd bundle && $(PY) -m scripts reconstructions --data $(DATA) \
+		--autoencoder $(RUNS)/autoencoder_finetuned.pt --out $(RUNS)/reconstructions)
+	test -f $(RUNS)/segmentation.pt || ($(BUNDLE_RUN) --dataset_dir $(RUNS)/reconstructions --ckpt_dir $(RUNS) \
+		--config_file $(call configs,train_segmentation) --log_dir $(RUNS)/log/segmentation $(SEGMENTATION_ARGS))
 	mkdir -p $(RUNS)/model
 	cp $(RUNS)/autoencoder_finetuned.pt $(RUNS)/model/autoencoder.pt
 	cp $(RUNS)/diffusion.pt $(RUNS)/controlnet.pt $(RUNS)/segmentation.pt $(RUNS)/model/
@@ -81,7 +84,8 @@ train: $(VENV)/.installed
 
 ## Train the 128^3 demo weights from 48 phantoms with `make train CONFIG="demo rflow"` (a rectified-flow U-Net; about
 ## 1 h 40 min on a 2-core CPU; resumable: run it again after an interruption) and copy them to bundle/models/demo.
-## The structure segmenter trains on a 64^3 grid (about 1 h more) and labels CTs of any grid over the same box.
+## The structure segmenter trains on a 64^3 grid, on the phantoms and their reconstructions (about 1.5 h more), and
+## labels CTs of any grid over the same box.
 DEMO_DATA = $(CURDIR)/bundle/data/phantoms
 demo-weights: $(VENV)/.installed
 	test -f $(DEMO_DATA)/datalist.json || (cd bundle && $(PY) -m scripts phantoms --out $(DEMO_DATA) --n 48 --size 128 --seed 0)
@@ -92,9 +96,9 @@ demo-weights: $(VENV)/.installed
 		SEGMENTATION_ARGS="--grid_size 64 --max_epochs 100 --val_interval 10"
 	cp bundle/runs/demo/model/*.pt bundle/models/demo/
 
-## A rectified-flow U-Net on the shipped demo autoencoder, for the benchmark's RFlow rows (not shipped):
-## bundle/runs/demo_rflow/diffusion.pt (100 epochs: about 11 minutes on a 2-core CPU, 75 s on an H200).
-rflow-demo: $(VENV)/.installed
+## A DDPM U-Net on the shipped demo autoencoder, for the benchmark's DDPM and DDIM rows (not shipped):
+## bundle/runs/demo_ddpm/diffusion.pt (200 epochs: about 9 minutes on a 2-core CPU).
+ddpm-demo: $(VENV)/.installed
 	test -f bundle/data/phantoms/datalist.json || (cd bundle && $(PY) -m scripts phantoms --out data/phantoms --n 48 --size 128 --seed 0)
-	$(BUNDLE_RUN) --config_file "['configs/train_diffusion.json','configs/demo.json','configs/rflow.json']" --ckpt_dir runs/demo_rflow \
-		--autoencoder_path models/demo/autoencoder.pt --log_dir runs/demo_rflow/log --batch_size 8 --max_epochs 100 --val_interval 25
+	$(BUNDLE_RUN) --config_file "['configs/train_diffusion.json','configs/demo.json']" --ckpt_dir runs/demo_ddpm \
+		--autoencoder_path models/demo/autoencoder.pt --log_dir runs/demo_ddpm/log --batch_size 8 --max_epochs 200 --val_interval 25

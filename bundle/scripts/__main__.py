@@ -12,6 +12,7 @@ from scripts.networks.export import export_networks
 from scripts.phantoms.dicom_tree import write_phantom_dicom
 from scripts.phantoms.thorax import write_phantoms
 from scripts.sampling.cohort import run_cohort
+from scripts.training.reconstructions import write_reconstructions
 from scripts.transforms.preprocess import preprocess_case
 
 
@@ -52,5 +53,6 @@ if __name__ == "__main__":
             "export_dicom": export_dicom,
             "export": export_networks,
             "cohort": run_cohort,
+            "reconstructions": write_reconstructions,
         }
     )

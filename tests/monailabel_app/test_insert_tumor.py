@@ -80,7 +80,7 @@ def server(held_out, tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def inserted(server, held_out, tmp_path_factory) -> Synthesis:
     """The held-out CT uploaded as the Slicer client does, with one click in a lung."""
-    params = request_params(SEED, STEPS, "ddim", [held_out.lung_voxel], DIAMETER_MM, MARGIN_MM)
+    params = request_params(SEED, STEPS, None, [held_out.lung_voxel], DIAMETER_MM, MARGIN_MM)
     return synthesize(server, INSERT_TASK, params, tmp_path_factory.mktemp("out"), image_file=held_out.path)
 
 
@@ -109,8 +109,8 @@ def test_info_offers_insert_tumor_with_its_defaults(server):
     task = requests.get(f"{server}/info/", timeout=30).json()["models"]["insert_tumor"]
     assert task["config"] == {
         "seed": 0,
-        "sampler": "ddim",
-        "num_inference_steps": 25,
+        "sampler": "rflow",
+        "num_inference_steps": 10,
         "tumor_diameter_mm": 30.0,
         "blend_margin_mm": 10.0,
     }
@@ -158,7 +158,7 @@ def test_only_the_tumor_and_its_margin_changed_and_the_tumor_is_tissue(inserted,
 
 
 def test_a_label_drawn_on_the_image_gives_the_same_insertion(server, inserted, held_out, tmp_path):
-    params = request_params(SEED, STEPS, "ddim", blend_margin_mm=MARGIN_MM)
+    params = request_params(SEED, STEPS, blend_margin_mm=MARGIN_MM)
     again = synthesize(server, INSERT_TASK, params, tmp_path, image_file=held_out.path, label_file=inserted.mask_path)
     assert again.info["tumor_source"] == "label"
     assert np.array_equal(voxels(again.mask_path), voxels(inserted.mask_path))

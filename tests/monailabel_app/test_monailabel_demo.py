@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def test_demo_weights_serve_both_tasks_on_the_64_grid(tmp_path):
+def test_demo_weights_serve_both_tasks_on_the_128_grid(tmp_path):
     study = phantom_study(tmp_path / "studies", size=96, seed=8)
     cases = {"synthesize": {}, "synthesize_tumor": {"foreground": [study.lung_voxel], "tumor_diameter_mm": 40.0}}
     with running_server(tmp_path / "studies", tmp_path / "server.log") as url:
@@ -28,8 +28,8 @@ def test_demo_weights_serve_both_tasks_on_the_64_grid(tmp_path):
                 )
                 image = nib.load(path)
                 hu = np.asanyarray(image.dataobj)
-            assert hu.dtype == np.int16 and hu.shape == (64, 64, 64), model
-            assert np.allclose(image.header.get_zooms(), [7.0, 7.0, 5.5]), model
+            assert hu.dtype == np.int16 and hu.shape == (128, 128, 128), model
+            assert np.allclose(image.header.get_zooms(), [3.5, 3.5, 2.75]), model
             assert (hu < -900).mean() > 0.2 and ((hu > -150) & (hu < 150)).mean() > 0.05, (
                 f"{model}: air and soft tissue"
             )

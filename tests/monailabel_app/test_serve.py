@@ -322,7 +322,7 @@ def test_good_requests_still_return_int16_hu_cts(open_server, tmp_path):
     for model, extra in (("synthesize", {}), ("synthesize_tumor", CLICK)):
         path, info = client.infer(model, "phantom", {"seed": 7, "num_inference_steps": STEPS, **extra})
         hu = np.asanyarray(nib.load(path).dataobj)
-        assert hu.dtype == np.int16 and hu.shape == (64, 64, 64) and info["unit"] == "HU", model
+        assert hu.dtype == np.int16 and hu.shape == (128, 128, 128) and info["unit"] == "HU", model
         assert -1000 <= hu.min() < -900 and hu.max() <= 1000, model
 
 

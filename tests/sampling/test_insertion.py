@@ -1,7 +1,7 @@
 """Tumor insertion into a patient's own CT (configs/insert_tumor.json) with the demo weights, on held-out phantoms.
 
 The phantoms (seed 99) are not among the demo's training cases (seed 0); at 160 x 160 x 80 their voxels are 2.8 mm
-in-plane and about 3.3 mm apart, a clinical CT's order, on another grid than the model's (7 x 7 x 5.5 mm).
+in-plane and about 3.3 mm apart, a clinical CT's order, on another grid than the model's (3.5 x 3.5 x 2.75 mm).
 """
 
 import json
@@ -30,7 +30,6 @@ from scripts.sampling.sampler import LatentDiffusionSampler
 DEMO = Path(__file__).resolve().parents[2] / "bundle" / "models" / "demo"
 SIZE = [160, 160, 80]
 MARGIN_MM = 10.0
-STEPS = 25
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +42,12 @@ def patient(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def sampler() -> LatentDiffusionSampler:
-    """The demo weights' tumor sampler as configs/insert_tumor.json builds it (DDIM, guidance 3)."""
+    """The demo weights' tumor sampler as configs/insert_tumor.json builds it (the model's default sampler, guidance 3)."""
     diffusion, controlnet = load_diffusion(DEMO / "diffusion.pt"), load_controlnet(DEMO / "controlnet.pt")
     autoencoder = load_autoencoder(DEMO / "autoencoder.pt")
     record = diffusion.record
     return LatentDiffusionSampler(
-        autoencoder, diffusion.network, record, "ddim", STEPS, "cpu", controlnet.network, guidance_scale=3.0
+        autoencoder, diffusion.network, record, "auto", None, "cpu", controlnet.network, guidance_scale=3.0
     )
 
 

@@ -14,6 +14,7 @@ from scripts.networks.loading import (
     load_diffusion,
     load_segmentation,
     trainable_autoencoder,
+    trainable_segmenter,
 )
 from scripts.networks.schedules import controlnet_scheduler, training_scheduler
 from scripts.networks.tiling import TiledDecoder, TiledEncoder, tiled_reconstruct
@@ -39,5 +40,6 @@ __all__ = [
     "load_segmentation",
     "tiled_reconstruct",
     "trainable_autoencoder",
+    "trainable_segmenter",
     "training_scheduler",
 ]

@@ -107,6 +107,22 @@ def load_segmentation(path: str | Path, device: torch.device | str = "cpu") -> L
     return LoadedNetwork(_frozen(network, device), record)
 
 
+def trainable_segmenter(
+    kwargs: dict, init_path: str | Path | None = None, device: torch.device | str = "cpu"
+) -> SegResNet:
+    """A new SegResNet from `kwargs`, started from the segmenter at `init_path` when one is given (a fine-tune)."""
+    network = SegResNet(**kwargs)
+    if init_path:
+        checkpoint = load_checkpoint(init_path, ("segmentation", "segmentation_record"))
+        if checkpoint["segmentation_record"]["network"] != dict(kwargs):
+            raise ValueError(
+                f"segmentation_init_path {init_path} holds another segmenter architecture than segmentation_kwargs "
+                f"{kwargs}: {checkpoint['segmentation_record']['network']}"
+            )
+        network.load_state_dict(checkpoint["segmentation"])
+    return network.to(device)
+
+
 def default_model_dir(bundle_root: str | Path, files: tuple[str, ...] = (AUTOENCODER_FILE, DIFFUSION_FILE)) -> Path:
     """`models/` once it holds all of `files` (weights you trained), else the shipped `models/demo/`."""
     trained = Path(bundle_root) / "models"
