@@ -65,12 +65,24 @@ def test_a_broken_case_is_reported_and_the_others_go_on(phantom_dir, trained, tm
     (data / "BROKEN").mkdir()
     (data / "BROKEN" / "ct.nii.gz").write_bytes(b"not a NIfTI")
     first = {**listed["training"][0], **{k: str(phantom_dir / listed["training"][0][k]) for k in ("image", "label")}}
-    (data / "datalist.json").write_text(json.dumps({"training": [first, broken]}))
+    unlabelled = {"case": "UNLABELLED", "image": first["image"]}
+    (data / "datalist.json").write_text(json.dumps({"training": [first, broken, unlabelled]}))
     write_reconstructions(str(data), str(trained.dir / "autoencoder.pt"), str(tmp_path / "out"))
     combined = json.loads((tmp_path / "out" / "datalist.json").read_text())
     assert [i["case"] for i in combined["training"]] == [first["case"], f"{first['case']}-reconstructed"]
-    assert "1 cases failed" in caplog.text and "BROKEN/ct.nii.gz" in caplog.text
+    assert "2 cases failed" in caplog.text and "BROKEN/ct.nii.gz" in caplog.text and "no label map" in caplog.text
     assert not (tmp_path / "out" / "BROKEN-reconstructed").exists()
+
+
+def test_a_folder_of_another_autoencoder_is_refused(reconstructions, phantom_dir, trained, tmp_path):
+    other = tmp_path / "other.pt"
+    checkpoint = load_checkpoint(trained.dir / "autoencoder.pt", ("autoencoder", "autoencoder_record"))
+    checkpoint["autoencoder"] = {k: v + 1 if v.is_floating_point() else v for k, v in checkpoint["autoencoder"].items()}
+    torch.save(checkpoint, other)
+    kept = {p: p.stat().st_mtime_ns for p in reconstructions.rglob("*.nii.gz")}
+    with pytest.raises(FileExistsError, match="another autoencoder"):
+        write_reconstructions(str(phantom_dir), str(other), str(reconstructions))
+    assert {p: p.stat().st_mtime_ns for p in reconstructions.rglob("*.nii.gz")} == kept
 
 
 def test_segmenter_fine_tunes_from_its_weights_on_reconstructions(reconstructions, trained, tmp_path):

@@ -8,6 +8,7 @@ it labels both, with the originals' label maps as ground truth for each.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -30,6 +31,26 @@ SPLITS = ("training", "validation", "test")
 
 #: Suffix of a reconstruction's case name.
 RECONSTRUCTED = "-reconstructed"
+
+#: File in the output folder naming the autoencoder its reconstructions come from.
+SOURCE_FILE = "reconstructions.json"
+
+
+def _claim_output(target: Path, autoencoder: str) -> None:
+    """Record which autoencoder (by SHA-256) writes into `target`; refuse a folder another autoencoder wrote, whose
+    reconstructions a resumed run would otherwise keep."""
+    digest = hashlib.sha256(Path(autoencoder).read_bytes()).hexdigest()
+    source = target / SOURCE_FILE
+    if source.is_file():
+        recorded = json.loads(source.read_text())["autoencoder_sha256"]
+        if recorded != digest:
+            raise FileExistsError(
+                f"out {target} holds reconstructions of another autoencoder than {autoencoder}; choose another out "
+                "or remove that folder"
+            )
+        return
+    target.mkdir(parents=True, exist_ok=True)
+    source.write_text(json.dumps({"autoencoder": str(autoencoder), "autoencoder_sha256": digest}, indent=2))
 
 
 def _write_atomically(volume: np.ndarray, affine: np.ndarray, path: Path) -> None:
@@ -59,14 +80,16 @@ def write_reconstructions(data: str, autoencoder: str, out: str, device: str = "
     `out/<case>-reconstructed/{ct,label}.nii.gz` on its working grid and `out/datalist.json`, whose splits list each
     original (by absolute path) and its reconstruction.
 
-    Cases already reconstructed in `out` are kept, so an interrupted run goes on where it stopped; a case that cannot
-    be read or has no label map is logged and left out, and the others go on.
+    Cases already reconstructed in `out` are kept, so an interrupted run goes on where it stopped (a folder another
+    autoencoder wrote is refused); a case that cannot be read or has no label map is logged and left out, and the
+    others go on.
     """
     source, target = Path(data).resolve(), Path(out)
     datalist = source / "datalist.json"
     if not datalist.is_file():
         raise FileNotFoundError(f"data: no datalist.json in {source}")
     record = load_checkpoint(autoencoder, ("autoencoder_record",))["autoencoder_record"]
+    _claim_output(target, autoencoder)
     grid = {"grid_size": list(record["image_size"])}
     preprocessing = load_bundle_config(["common.json"], grid).get_parsed_content("preprocessing")
     network = load_autoencoder(autoencoder, device)
@@ -86,7 +109,6 @@ def write_reconstructions(data: str, autoencoder: str, out: str, device: str = "
                 failed.append(item["image"])
                 continue
             combined[split] += [item, {"case": case, "image": f"{case}/ct.nii.gz", "label": f"{case}/label.nii.gz"}]
-    target.mkdir(parents=True, exist_ok=True)
     (target / "datalist.json").write_text(json.dumps(combined, indent=2))
     count = sum(len(items) for items in combined.values()) // 2
     logger.info("wrote the reconstructions of %d cases and their datalist to %s", count, target)
